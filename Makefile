@@ -1,0 +1,42 @@
+# difflab: two commands on a fresh machine.
+#   make demo   -> set up a virtual environment and sample the shipped MNIST model
+#   make test   -> set up, lint, prepare the offline data and run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.difflab-installed
+# glibc malloc tuning (see src/difflab/train/allocator.py); the CLI also applies it itself
+export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296
+
+.PHONY: setup demo test test-slow lint format bench clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	# the CPU build first, so no multi-GB CUDA build of torch is pulled in
+	$(BIN)/python -m pip install --quiet torch==2.13.0
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+demo: setup
+	$(BIN)/difflab demo
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/difflab data prepare mnist
+	$(BIN)/pytest -q -m "not slow" --durations=10
+
+test-slow: setup
+	$(BIN)/pytest -q -m slow
+
+format: setup
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info .pytest_cache .ruff_cache

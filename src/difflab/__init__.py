@@ -1,0 +1,13 @@
+"""difflab: pixel-space diffusion research in one notation (logSNR) and one contract (`Denoise`).
+
+The public core is re-exported here; subpackages (`difflab.nets`, `difflab.train`,
+`difflab.eval`, `difflab.methods`, ...) are imported on demand.
+"""
+
+from .diffusion import *  # noqa: F403
+from .diffusion import __all__ as _diffusion_all
+from .sampling import *  # noqa: F403
+from .sampling import __all__ as _sampling_all
+
+__version__ = "0.1.0"
+__all__ = ["__version__", *_diffusion_all, *_sampling_all]
