@@ -9,6 +9,7 @@ from difflab.diffusion.schedules import (
     EDMLogNormalSchedule,
     InterpolatedShiftedSchedule,
     LinearBetaSchedule,
+    LinearLogSNRSchedule,
     ShiftedCosineSchedule,
     make_schedule,
 )
@@ -21,6 +22,7 @@ SCHEDULES = [
     InterpolatedShiftedSchedule(resolution=512),
     LinearBetaSchedule(),
     EDMLogNormalSchedule(),
+    LinearLogSNRSchedule(-12.0, 9.0),
 ]
 T = torch.linspace(0.001, 0.999, 999, dtype=torch.float64)
 

@@ -48,8 +48,10 @@ def radial_frequency(h: int, w: int) -> Tensor:
 
 def radial_bands(h: int, w: int, num_bands: int) -> Tensor:
     """Band index in `[0, num_bands)` for each DCT coefficient, bands equally spaced in radial
-    frequency (band 0 holds the DC term, the last band the highest frequencies)."""
+    frequency up to the highest one present (band 0 holds the DC term, the last band the
+    highest frequencies)."""
     if num_bands < 1:
         raise ValueError(f"num_bands must be positive, got {num_bands}")
-    r = radial_frequency(h, w) / math.sqrt(2.0)
+    r = radial_frequency(h, w)
+    r = r / r.max().clamp_min(1e-12)
     return torch.clamp((r * num_bands).long(), max=num_bands - 1)

@@ -283,12 +283,35 @@ class EDMLogNormalSchedule(Schedule):
         return ((u - lo) / (hi - lo)).clamp(0.0, 1.0)
 
 
+@dataclass(frozen=True)
+class LinearLogSNRSchedule(Schedule):
+    """`logsnr(t) = logsnr_max - t (logsnr_max - logsnr_min)`: uniform in logsnr. The ELBO only
+    depends on a schedule's end points (VDM, Kingma et al. 2021, sec. 5.1), so this is also a
+    low-variance proposal for estimating likelihoods of a model trained on any schedule."""
+
+    logsnr_min: float = -15.0
+    logsnr_max: float = 15.0
+
+    def __post_init__(self) -> None:
+        _check_range(self.logsnr_min, self.logsnr_max)
+
+    def logsnr(self, t: Tensor) -> Tensor:
+        return self.logsnr_max - t * (self.logsnr_max - self.logsnr_min)
+
+    def t_of(self, logsnr: Tensor) -> Tensor:
+        return ((self.logsnr_max - logsnr) / (self.logsnr_max - self.logsnr_min)).clamp(0.0, 1.0)
+
+    def dlogsnr_dt(self, t: Tensor) -> Tensor:
+        return torch.full_like(t, -(self.logsnr_max - self.logsnr_min))
+
+
 SCHEDULES = {
     "cosine": CosineSchedule,
     "shifted_cosine": ShiftedCosineSchedule,
     "interpolated_shifted_cosine": InterpolatedShiftedSchedule,
     "linear_beta": LinearBetaSchedule,
     "edm_lognormal": EDMLogNormalSchedule,
+    "linear_logsnr": LinearLogSNRSchedule,
 }
 
 

@@ -1,0 +1,85 @@
+import math
+
+import pytest
+import torch
+
+from difflab.diffusion.oracle import GaussianMixtureOracle
+from difflab.eval.likelihood import discretized_log_likelihood, elbo
+from difflab.eval.oracle_metrics import (
+    band_variance_ratios,
+    exact_frechet,
+    mode_weight_tv,
+    oracle_report,
+)
+
+
+def _gaussian():
+    gen = torch.Generator().manual_seed(0)
+    var = torch.rand(1, 4, 4, generator=gen, dtype=torch.float64) * 1.5 + 0.05
+    mean = 0.2 * torch.randn(1, 4, 4, generator=gen, dtype=torch.float64)
+    return GaussianMixtureOracle.gaussian(mean, var, basis="dct")
+
+
+@pytest.mark.parametrize(
+    "oracle",
+    [_gaussian(), GaussianMixtureOracle.image_like((1, 4, 4), num_components=3, seed=1)],
+    ids=["gaussian", "mixture"],
+)
+def test_elbo_of_exact_denoiser_matches_exact_nll(oracle):
+    """With the exact E[x|z] the continuous-time ELBO is tight: it must equal -log p(x) within
+    Monte-Carlo error."""
+    gen = torch.Generator().manual_seed(1)
+    x, _ = oracle.sample(1000, gen)
+    bound = elbo(oracle.denoise, x, num_t=8, bins=None, generator=gen)
+    gap = bound.total - (-oracle.log_prob(x))
+    stderr = float(gap.std()) / math.sqrt(len(gap))
+    assert abs(float(gap.mean())) < 4 * stderr + 0.02, (float(gap.mean()), stderr)
+    # the test can fail: a slightly wrong denoiser gives a measurably worse bound
+    worse = elbo(lambda z, l: 0.9 * oracle.denoise(z, l), x, num_t=8, bins=None, generator=gen)
+    assert float((worse.total - bound.total).mean()) > 10 * stderr
+
+
+def test_discretized_decoder():
+    gen = torch.Generator().manual_seed(0)
+    k = torch.randint(0, 256, (4, 1, 3, 3), generator=gen)
+    x = 2 * k.double() / 255 - 1
+    z0 = torch.sigmoid(torch.tensor(15.0)).sqrt() * x  # noiseless z_0 at logsnr 15
+    assert discretized_log_likelihood(x, z0, 15.0).abs().max() < 1e-6
+    # at low SNR the decoder is uncertain but still a normalised categorical over the 256 values
+    values = (2 * torch.arange(256).double() / 255 - 1).view(256, 1, 1, 1)
+    z = torch.full((256, 1, 1, 1), 0.3, dtype=torch.float64)
+    probs = discretized_log_likelihood(values, z, 0.0).exp()
+    assert abs(float(probs.sum()) - 1) < 1e-9 and float(probs.max()) < 0.01
+
+
+def test_elbo_bad_arguments():
+    oracle = _gaussian()
+    x, _ = oracle.sample(4)
+    with pytest.raises(ValueError, match="num_t"):
+        elbo(oracle.denoise, x, num_t=0)
+    with pytest.raises(ValueError, match="logsnr_min < logsnr_max"):
+        elbo(oracle.denoise, x, logsnr_min=3.0, logsnr_max=1.0)
+
+
+def test_oracle_metrics_on_exact_and_corrupted_samples():
+    oracle = GaussianMixtureOracle.image_like((1, 8, 8), num_components=4, seed=2)
+    gen = torch.Generator().manual_seed(3)
+    x, _ = oracle.sample(4000, gen)
+    report = oracle_report(x, oracle)
+    assert report["frechet_exact"] < 0.05 * float(oracle.covariance.trace())
+    assert all(abs(r - 1) < 0.1 for r in report["band_variance_ratio"])
+    assert report["mode_weight_tv"] < 0.03
+    # blur removes high-frequency variance
+    blurred = torch.nn.functional.avg_pool2d(x, 3, stride=1, padding=1, count_include_pad=False)
+    ratios = band_variance_ratios(blurred, oracle)
+    assert ratios[-1] < 0.5 * ratios[0]
+    assert exact_frechet(blurred, oracle) > 5 * report["frechet_exact"]
+    # samples from a single component: TV = 1 - its weight
+    only0 = oracle.means[:1].expand(500, *oracle.shape)
+    only0 = only0 + oracle.from_basis(
+        oracle.variances[:1].sqrt()
+        * torch.randn(500, *oracle.shape, generator=gen, dtype=torch.float64)
+    )
+    assert abs(mode_weight_tv(only0, oracle) - (1 - float(oracle.weights[0]))) < 1e-9
+    with pytest.raises(ValueError, match="samples must have shape"):
+        exact_frechet(x[:, :, :4], oracle)
