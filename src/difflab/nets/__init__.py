@@ -1,0 +1,44 @@
+"""Denoising networks: simple diffusion's U-ViT, SiD2's residual U-ViT and a U-Net baseline.
+
+All share one contract, `net(z, logsnr, labels=None) -> prediction` (see `difflab.nets.base`);
+what the prediction means (x, eps or v) is chosen by
+`difflab.diffusion.parameterization.as_denoiser`.
+"""
+
+from difflab.nets.base import DiffusionNet, NetConfig
+from difflab.nets.cost import count_parameters, flops_per_forward, train_throughput
+from difflab.nets.layers import (
+    attention_backend,
+    get_attention_backend,
+    haar_dwt,
+    haar_idwt,
+    math_attention,
+    set_attention_backend,
+)
+from difflab.nets.registry import NETS, build_net
+from difflab.nets.unet import UNet, UNetConfig, mnist_unet_config
+from difflab.nets.uvit import ResidualUViT, UViT, UViTConfig, cifar_uvit_config, mnist_uvit_config
+
+__all__ = [
+    "NETS",
+    "DiffusionNet",
+    "NetConfig",
+    "ResidualUViT",
+    "UNet",
+    "UNetConfig",
+    "UViT",
+    "UViTConfig",
+    "attention_backend",
+    "build_net",
+    "cifar_uvit_config",
+    "count_parameters",
+    "flops_per_forward",
+    "get_attention_backend",
+    "haar_dwt",
+    "haar_idwt",
+    "math_attention",
+    "mnist_unet_config",
+    "mnist_uvit_config",
+    "set_attention_backend",
+    "train_throughput",
+]

@@ -1,0 +1,26 @@
+"""Nets by name: `build_net("uvit", **config_kwargs)`; checkpoints store `net.spec()`."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from difflab.nets.base import DiffusionNet
+from difflab.nets.unet import UNet
+from difflab.nets.uvit import ResidualUViT, UViT
+
+NETS: dict[str, type[DiffusionNet]] = {"uvit": UViT, "residual_uvit": ResidualUViT, "unet": UNet}
+
+
+def build_net(name: str, **config_kwargs) -> DiffusionNet:
+    """Build the net registered as `name` from its config fields (e.g. `net.spec()["config"]`).
+
+    Unknown names and unknown config keys are a `ValueError` that lists the known ones.
+    """
+    if name not in NETS:
+        raise ValueError(f"unknown net {name!r}; known nets: {sorted(NETS)}")
+    cls = NETS[name]
+    known = [f.name for f in dataclasses.fields(cls.config_class)]
+    unknown = sorted(set(config_kwargs) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown} for net {name!r}; known keys: {known}")
+    return cls(cls.config_class(**config_kwargs))
