@@ -29,7 +29,7 @@ lint: setup
 
 test: lint
 	$(BIN)/difflab data prepare mnist
-	$(BIN)/pytest -q -m "not slow" --durations=10
+	$(BIN)/pytest -q -m "not slow" -n 2 --durations=15
 
 test-slow: setup
 	$(BIN)/pytest -q -m slow

@@ -1,0 +1,242 @@
+"""`difflab eval`: evaluate a checkpoint, cache reference statistics, plot results.
+
+    difflab eval CKPT --metric fid,kid,pr,fd-lenet --num 10000 --sampler ddim --steps 50
+    difflab eval refstats mnist --split test --feature fd-lenet
+    difflab eval plot results/x.json --out results/x.png
+
+Metrics: `fid`, `kid`, `pr` use the Inception network (`difflab[fid]`); `fd-lenet`,
+`kid-lenet`, `pr-lenet` use difflab's own MNIST LeNet (a Frechet distance in *its* features,
+not FID); `elbo` is the model's ELBO in bits/dim on reference images. Reference statistics are
+taken from the cache and computed on first use (`refstats`); KID and precision/recall compare
+against the features of the first `--ref-num` reference images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import time
+from pathlib import Path
+
+import torch
+
+FEATURE_OF = {
+    "fid": "fid",
+    "kid": "fid",
+    "pr": "fid",
+    "fd-lenet": "fd-lenet",
+    "kid-lenet": "fd-lenet",
+    "pr-lenet": "fd-lenet",
+}
+METRICS = (*FEATURE_OF, "elbo")
+
+
+def parse_metrics(text: str) -> list[str]:
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    unknown = [m for m in names if m not in METRICS]
+    if unknown or not names:
+        raise ValueError(f"--metric: unknown {unknown or text!r}; known metrics: {list(METRICS)}")
+    return names
+
+
+def _reference_images(dataset: str, split: str, num: int) -> torch.Tensor:
+    from .reference import DATASETS
+
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown reference dataset {dataset!r}; known: {sorted(DATASETS)}")
+    return torch.from_numpy(DATASETS[dataset](split)[:num])
+
+
+def _reference_stats(dataset: str, split: str, feature: str):
+    from .reference import compute_reference_stats, load_reference_stats
+
+    try:
+        return load_reference_stats(dataset, split, feature)
+    except FileNotFoundError:
+        print(f"computing {feature} reference statistics of {dataset}/{split} (cached once)")
+        compute_reference_stats(dataset, split, feature)
+        return load_reference_stats(dataset, split, feature)
+
+
+def feature_metrics(
+    samples: torch.Tensor,
+    metrics: list[str],
+    *,
+    dataset: str = "mnist",
+    split: str = "test",
+    ref_num: int = 10_000,
+) -> dict[str, float]:
+    """Feature-based metrics of `samples` (float in [-1, 1]) against a reference dataset."""
+    from .features import get_feature_extractor
+    from .metrics import frechet_distance, kernel_inception_distance, precision_recall
+
+    out: dict[str, float] = {}
+    feats: dict[str, object] = {}
+    for metric in metrics:
+        if metric == "elbo":
+            continue
+        feature = FEATURE_OF[metric]
+        extractor = get_feature_extractor(feature)
+        if feature not in feats:
+            feats[feature] = extractor(samples.clamp(-1, 1))
+        fake = feats[feature]
+        if metric in ("fid", "fd-lenet"):
+            out[metric] = frechet_distance(fake, _reference_stats(dataset, split, feature))
+            continue
+        ref_key = f"ref:{feature}"
+        if ref_key not in feats:
+            feats[ref_key] = extractor(_reference_images(dataset, split, ref_num))
+        real = feats[ref_key]
+        if metric.startswith("kid"):
+            kid = kernel_inception_distance(real, fake)
+            out[metric], out[f"{metric}_std"] = kid.mean, kid.std
+        else:
+            pr = precision_recall(real, fake)
+            out[f"{metric}_precision"], out[f"{metric}_recall"] = pr.precision, pr.recall
+    return out
+
+
+def evaluate_checkpoint(args: argparse.Namespace) -> dict:
+    from ..cli import sample_checkpoint
+
+    metrics = parse_metrics(args.metric)
+    record: dict = {
+        "checkpoint": str(args.checkpoint),
+        "sampler": args.sampler,
+        "steps": args.steps,
+        "grid": args.grid,
+        "guidance": args.guidance,
+        "num": args.num,
+        "seed": args.seed,
+        "reference": f"{args.dataset}/{args.split}",
+    }
+    sample_metrics = [m for m in metrics if m != "elbo"]
+    if sample_metrics:
+        result, _ = sample_checkpoint(
+            args.checkpoint,
+            sampler=args.sampler,
+            steps=args.steps,
+            num=args.num,
+            grid=args.grid,
+            guidance=args.guidance,
+            interval=args.interval,
+            seed=args.seed,
+        )
+        record.update(nfe=result.nfe, sampling_seconds=round(result.seconds, 2))
+        start = time.perf_counter()
+        record.update(
+            feature_metrics(
+                result.samples,
+                sample_metrics,
+                dataset=args.dataset,
+                split=args.split,
+                ref_num=args.ref_num,
+            )
+        )
+        record["feature_seconds"] = round(time.perf_counter() - start, 2)
+    if "elbo" in metrics:
+        record["elbo_bits_per_dim"] = checkpoint_elbo(
+            args.checkpoint, args.dataset, args.split, min(args.num, args.ref_num), args.seed
+        )
+    return record
+
+
+def checkpoint_elbo(ckpt, dataset: str, split: str, num: int, seed: int) -> float:
+    """Mean ELBO in bits/dim of the first `num` reference images (8-bit, discretized decoder),
+    evaluated without class labels (the unconditional model of a CFG-trained net)."""
+    from ..train import load_denoiser
+    from .likelihood import elbo
+
+    make_denoise, cfg = load_denoiser(ckpt, clip_x=None)
+    schedule = cfg.diffusion.build_schedule()
+    images = _reference_images(dataset, split, num).float() / 127.5 - 1
+    gen = torch.Generator().manual_seed(seed)
+    denoise = make_denoise()
+    values = []
+    with torch.inference_mode():
+        for batch in images.split(250):
+            bound = elbo(
+                denoise,
+                batch,
+                logsnr_min=schedule.logsnr_min,
+                logsnr_max=schedule.logsnr_max,
+                num_t=4,
+                generator=gen,
+            )
+            values.append(bound.bits_per_dim)
+    return float(torch.cat(values).mean())
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    rest = args.rest
+    if not rest:
+        raise ValueError("difflab eval needs a checkpoint, or `refstats` / `plot`")
+    if rest[0] == "refstats":
+        p = argparse.ArgumentParser(prog="difflab eval refstats")
+        p.add_argument("dataset")
+        p.add_argument("--split", default="test")
+        p.add_argument("--feature", default="fd-lenet", choices=["fid", "fd-lenet"])
+        p.add_argument("--num", type=int, default=None)
+        a = p.parse_args(rest[1:])
+        from .reference import compute_reference_stats
+
+        print(compute_reference_stats(a.dataset, a.split, a.feature, num=a.num))
+        return 0
+    if rest[0] == "plot":
+        p = argparse.ArgumentParser(prog="difflab eval plot")
+        p.add_argument("results")
+        p.add_argument("--out", default=None)
+        a = p.parse_args(rest[1:])
+        from .plots import plot_quality_vs_nfe, read_records
+
+        out = a.out or str(Path(a.results).with_suffix(".png"))
+        print(plot_quality_vs_nfe(read_records(a.results), out))
+        return 0
+    from ..cli import _interval
+    from ..sampling import SAMPLERS
+    from ..sampling.generate import GRIDS
+
+    p = argparse.ArgumentParser(prog="difflab eval", description=__doc__.splitlines()[0])
+    p.add_argument("checkpoint")
+    p.add_argument("--metric", default="fd-lenet", help=f"comma list of {list(METRICS)}")
+    p.add_argument("--num", type=int, default=10_000)
+    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
+    p.add_argument("--steps", type=int, default=50)
+    p.add_argument("--grid", default="uniform_t", choices=GRIDS)
+    p.add_argument("--guidance", type=float, default=0.0)
+    p.add_argument("--interval", type=_interval, default=(-math.inf, math.inf))
+    p.add_argument("--dataset", default="mnist")
+    p.add_argument("--split", default="test")
+    p.add_argument("--ref-num", type=int, default=10_000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="JSON file to append the record to")
+    a = p.parse_args(rest)
+    parse_metrics(a.metric)
+    record = evaluate_checkpoint(a)
+    width = max(len(k) for k in record)
+    for key, value in record.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else value
+        print(f"{key:<{width}}  {shown}")
+    if a.out:
+        out = Path(a.out)
+        records = json.loads(out.read_text()) if out.exists() else []
+        records.append(record)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(records, indent=1))
+        print(f"appended to {out}")
+    return 0
+
+
+def add_eval_parser(subparsers) -> argparse.ArgumentParser:
+    p = subparsers.add_parser(
+        "eval",
+        help="evaluate a checkpoint (FID/KID/PR/fd-lenet/ELBO), cache refstats, plot results",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "rest", nargs=argparse.REMAINDER, help="CKPT [options] | refstats ... | plot ..."
+    )
+    p.set_defaults(func=cmd_eval)
+    return p
