@@ -1,0 +1,55 @@
+"""Exponential moving averages of a network's weights, one copy per decay."""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import torch
+from torch import nn
+
+
+class EMA(nn.Module):
+    """Averaged copies `ema_d <- d * ema_d + (1 - d) * theta` of `net`, one per decay `d`.
+
+    The copies are full modules (`self.average(d)`), kept in eval mode without gradients, so
+    they can be sampled from and saved like the network itself. Buffers (e.g. norm statistics)
+    are copied, not averaged. The half-life of decay `d` is `log(0.5) / log(d)` updates.
+    """
+
+    def __init__(self, net: nn.Module, decays: list[float] | tuple[float, ...]) -> None:
+        super().__init__()
+        for d in decays:
+            if not 0.0 < d < 1.0:
+                raise ValueError(f"EMA decays must lie in (0, 1), got {d}")
+        self.decays = tuple(float(d) for d in decays)
+        self.averages = nn.ModuleList(copy.deepcopy(net) for _ in self.decays)
+        for avg in self.averages:
+            avg.eval().requires_grad_(False)
+
+    @staticmethod
+    def key(decay: float) -> str:
+        """The name of the copy with `decay` in checkpoints (`ema_0.999`)."""
+        return f"ema_{decay:g}"
+
+    def average(self, decay: float | None = None) -> nn.Module:
+        """The copy for `decay` (the first one if None)."""
+        if decay is None:
+            return self.averages[0]
+        for d, avg in zip(self.decays, self.averages):
+            if math.isclose(d, decay, rel_tol=0, abs_tol=1e-12):
+                return avg
+        raise ValueError(f"no EMA with decay {decay}; stored decays: {list(self.decays)}")
+
+    @torch.no_grad()
+    def update(self, net: nn.Module) -> None:
+        params = [p.detach() for p in net.parameters()]
+        buffers = list(net.buffers())
+        for d, avg in zip(self.decays, self.averages):
+            # lerp_(p, 1 - d) = ema + (1 - d)(p - ema) = d * ema + (1 - d) * p
+            torch._foreach_lerp_(list(avg.parameters()), params, 1.0 - d)
+            for b_avg, b in zip(avg.buffers(), buffers):
+                b_avg.copy_(b)
+
+    def train(self, mode: bool = True) -> EMA:
+        return self  # the averages stay in eval mode
