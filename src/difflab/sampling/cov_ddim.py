@@ -1,0 +1,364 @@
+"""Covariance-aware DDIM: DDIM whose transition carries the data-posterior covariance, estimated
+from the denoiser by Tweedie's second-order identity with one JVP per step (PAPERS.md sec. 6;
+derivation and measurements in docs/samplers.md).
+
+DDIM's update `z_s = alpha_s x + (sigma_s / sigma_t)(z_t - alpha_t x)` is exact in distribution
+when `x ~ p(x | z_t)`; it is linear in `x` with slope `kappa = alpha_s - alpha_t sigma_s/sigma_t`.
+Writing `x = x_hat + delta` with `delta ~ N(0, Cov[x | z_t])` (a Gaussian posterior):
+
+    z_s = alpha_s x_hat + sigma_s eps_hat + kappa delta,  eps_hat = (z_t - alpha_t x_hat)/sigma_t.
+
+Tweedie gives `Cov[x | z_t] = (sigma_t^2 / alpha_t) d x_hat / d z_t`; one
+`torch.func.jvp(denoise, z_t, v)` returns `x_hat` *and* `J v` for a probe `v`. The covariance is
+taken diagonal in the orthonormal 2-D DCT basis `F` (images are close to stationary): with a
+Rademacher probe `u` in DCT coordinates, `v = F^T u`, the products `u_k (F Cov v)_k` are
+Hutchinson estimates of the diagonal (exact when `Cov` is diagonal in `F`); their noise is
+averaged away over radial frequency bands and channels (`pooling="example"`), over the batch
+(`"batch"`, the default: one spectrum per level, the best measured) or both (`"profile"`), and
+the result is clipped to `[0, prior_var]`.
+
+- `variant="stochastic"`: `delta = F^T (sqrt(c) * xi)`, fresh structured noise.
+- `variant="deterministic"`: no fresh noise; per band, `eps_hat` is rescaled so its energy grows
+  by `kappa^2 c_b` per coefficient, `scale_b = sqrt(sigma_s^2 + kappa^2 c_b / mean_b(E^2))` with
+  `E = F eps_hat` (aDDIM, `sampling/addim.py`, is the one-band case with `x_var` from a formula).
+- The last step to logsnr = +inf has `kappa = 1`: by default it returns a sample of
+  `N(x_hat, Cov)` (`final="stochastic"`) instead of the mean (`final="mean"`, no JVP there).
+
+`cov_ddim_table` replaces the JVP by a table of the batch-average it estimates:
+`E_z Cov[x | z_t] = E (x - x_hat)(x - x_hat)^T` (law of total variance), measured once per model
+on data as the DCT spectrum of the denoiser's error (`measure_posterior_spectrum`): one forward
+per step, no JVP.
+
+NFE (paper convention: a forward with its JVP is one evaluation) = steps; JVPs = steps
+(steps - 1 with `final="mean"`). Levels may differ per example (or per leading dim, e.g. per
+frame) with `pooling="example"` but must be constant over the pooled dims (`[C, H, W]`, or
+`[H, W]` without channel pooling): the DCT structure assumes one noise level per image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..diffusion.dct import dct_matrix, radial_bands
+from ..diffusion.parameterization import Denoise, alpha_sigma, broadcast_logsnr
+from ..nets.layers import math_attention
+from .addim import VarianceTable, analytic_x_var
+from .ddim import Callback, ddim_step, eps_from_z, level_for, prepare_grid
+from .registry import register_sampler
+
+VARIANTS = ("stochastic", "deterministic")
+FINALS = ("stochastic", "deterministic", "mean")
+PROBES = ("rademacher", "gaussian")
+POOLINGS = ("batch", "example", "profile")
+
+
+@dataclass(frozen=True)
+class BandBasis:
+    """The orthonormal 2-D DCT of `[..., H, W]` and averages over radial bands.
+
+    `num_bands=None` keeps every coefficient separate (no pooling); `pool_channels` also averages
+    over dim -3 (the channels)."""
+
+    mh: Tensor
+    mw: Tensor
+    bands: Tensor | None  # one-hot [H * W, num_bands] (None: no band pooling)
+    pool_channels: bool
+
+    @classmethod
+    def for_shape(
+        cls,
+        shape: tuple[int, ...],
+        num_bands: int | None = 8,
+        pool_channels: bool = True,
+        *,
+        device=None,
+        dtype: torch.dtype = torch.float32,
+    ) -> BandBasis:
+        if len(shape) < 4:
+            raise ValueError(f"cov_ddim needs image samples [B, ..., C, H, W], got shape {shape}")
+        h, w = shape[-2:]
+        onehot = None
+        if num_bands is not None:
+            if not isinstance(num_bands, int) or num_bands < 1:
+                raise ValueError(f"num_bands must be a positive int or None, got {num_bands!r}")
+            idx = radial_bands(h, w, num_bands).flatten().to(device)
+            onehot = torch.nn.functional.one_hot(idx, num_bands).to(dtype)
+            onehot = onehot[:, onehot.sum(0) > 0]  # drop empty bands (tiny images)
+        m = {n: dct_matrix(n, dtype=dtype, device=device) for n in (h, w)}
+        return cls(m[h], m[w], onehot, pool_channels)
+
+    def to_freq(self, x: Tensor) -> Tensor:
+        return self.mh @ x @ self.mw.T
+
+    def from_freq(self, c: Tensor) -> Tensor:
+        return self.mh.T @ c @ self.mw
+
+    def pool(self, e: Tensor) -> Tensor:
+        """Band means of `e [..., C, H, W]`: `[..., C or 1, num_bands]` (or `e` unpooled)."""
+        if self.bands is None:
+            return e.mean(-3, keepdim=True) if self.pool_channels else e
+        flat = e.flatten(-2) @ self.bands / self.bands.sum(0)
+        return flat.mean(-2, keepdim=True) if self.pool_channels else flat
+
+    def expand(self, band_values: Tensor, shape: torch.Size) -> Tensor:
+        """Inverse of `pool` on constants: the per-coefficient map `[..., C, H, W]`."""
+        if self.bands is None:
+            return band_values.expand(shape)
+        return (band_values @ self.bands.T).unflatten(-1, shape[-2:]).expand(shape)
+
+
+def check_level_shape(logsnr: Tensor, z: Tensor, basis: BandBasis) -> None:
+    """The level must be constant over the pooled dims (no host sync: shapes only)."""
+    level = broadcast_logsnr(logsnr, z)
+    pooled = 3 if basis.pool_channels else 2
+    if level.ndim and any(s != 1 for s in level.shape[-pooled:]):
+        raise ValueError(
+            f"cov_ddim needs one level per image: logsnr of shape {tuple(logsnr.shape)} varies "
+            f"over the last {pooled} dims of z {tuple(z.shape)} that the band covariance pools"
+        )
+
+
+def draw_probe(shape: torch.Size, probe: str, generator, like: Tensor) -> Tensor:
+    """A probe in DCT coordinates: Rademacher (+-1) or standard normal."""
+    if probe == "rademacher":
+        bits = torch.randint(0, 2, shape, generator=generator, device=like.device)
+        return (2 * bits - 1).to(like.dtype)
+    return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
+
+
+def tweedie_probe(
+    denoise: Denoise, z: Tensor, logsnr: Tensor, basis: BandBasis, u: Tensor
+) -> tuple[Tensor, Tensor]:
+    """`(x_hat, u * (F Cov F^T u))`: the posterior mean and the per-coefficient Hutchinson
+    products of `Cov[x | z] = (sigma^2 / alpha) dx_hat/dz` from one JVP along `F^T u`."""
+    level = level_for(logsnr, z)
+    # fused attention kernels have no forward-mode AD: nets take their explicit path here
+    with math_attention():
+        x_hat, jv = torch.func.jvp(lambda y: denoise(y, level), (z,), (basis.from_freq(u),))
+    alpha, sigma = alpha_sigma(broadcast_logsnr(logsnr, z))
+    return x_hat, u * basis.to_freq(sigma**2 / alpha * jv)
+
+
+def tweedie_band_covariance(
+    denoise: Denoise, z: Tensor, logsnr: Tensor, basis: BandBasis, u: Tensor
+) -> tuple[Tensor, Tensor]:
+    """`(x_hat, c)`: the posterior mean and the band means (per example) of the DCT diagonal of
+    `Cov[x | z]` from one JVP (`c`: `[..., C or 1, num_bands]`, unclipped)."""
+    x_hat, products = tweedie_probe(denoise, z, logsnr, basis, u)
+    return x_hat, basis.pool(products) / basis.pool(u * u)
+
+
+def pooled_covariance(products: Tensor, u: Tensor, basis: BandBasis, pooling: str) -> Tensor:
+    """The per-coefficient variance map `[B or 1, C or 1, H, W]` from Hutchinson products:
+
+    - "example": per example, averaged within bands (and channels);
+    - "batch": that, averaged over the batch too (one spectrum per level);
+    - "profile": per-example band levels times the batch's per-coefficient shape within each
+      band (`num_bands` sets how many per-example degrees of freedom there are).
+    """
+    uu = u * u
+    if pooling == "example":
+        return basis.expand(basis.pool(products) / basis.pool(uu), products.shape)
+    shape = (1, *products.shape[1:])
+    if pooling == "batch":
+        band = basis.pool(products).mean(0, keepdim=True) / basis.pool(uu).mean(0, keepdim=True)
+        return basis.expand(band, shape)
+    full = BandBasis(basis.mh, basis.mw, None, basis.pool_channels)
+    profile = full.pool(products).mean(0, keepdim=True) / full.pool(uu).mean(0, keepdim=True)
+    level = basis.pool(products) / basis.pool(uu)
+    ratio = level / basis.pool(profile).clamp_min(torch.finfo(products.dtype).tiny)
+    return profile * basis.expand(ratio, products.shape)
+
+
+def cov_ddim_step(
+    z: Tensor,
+    x_hat: Tensor,
+    c: Tensor,
+    logsnr_t: Tensor,
+    logsnr_s: Tensor,
+    basis: BandBasis,
+    variant: str,
+    noise: Tensor | None = None,
+) -> Tensor:
+    """One transition with the DCT-diagonal posterior variance map `c` (module docstring);
+    `noise` (standard normal, DCT coordinates) is needed for the stochastic variant."""
+    l_t, l_s = broadcast_logsnr(logsnr_t, z), broadcast_logsnr(logsnr_s, z)
+    alpha_t, sigma_t = alpha_sigma(l_t)
+    alpha_s, sigma_s = alpha_sigma(l_s)
+    kappa = alpha_s - alpha_t * sigma_s / sigma_t
+    eps_hat = eps_from_z(z, x_hat, l_t)
+    if variant == "stochastic":
+        return alpha_s * x_hat + sigma_s * eps_hat + kappa * basis.from_freq(c.sqrt() * noise)
+    e = basis.to_freq(eps_hat)
+    energy = basis.pool(e * e).clamp_min(torch.finfo(z.dtype).tiny)
+    added = basis.pool(c.expand(z.shape)) / energy
+    scale = (sigma_s**2 + kappa**2 * basis.expand(added, z.shape)).sqrt()
+    return alpha_s * x_hat + basis.from_freq(scale * e)
+
+
+def _check_rules(variant: str, final: str | None) -> str:
+    final = variant if final is None else final
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if final not in FINALS:
+        raise ValueError(f"final must be one of {FINALS}, got {final!r}")
+    return final
+
+
+def _run(
+    denoise: Denoise,
+    z: Tensor,
+    logsnrs: Tensor,
+    estimate: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    basis: BandBasis,
+    variant: str,
+    final: str,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+) -> Tensor:
+    """The shared loop: `estimate(z, l_t) -> (x_hat, variance map)` at each step but a "mean"
+    last step (a plain DDIM step: `x_hat` itself at +inf, no covariance needed)."""
+    steps = logsnrs.shape[0] - 1
+    for i in range(steps):
+        l_t, l_s = logsnrs[i], logsnrs[i + 1]
+        rule = final if i == steps - 1 else variant
+        if rule == "mean":
+            x_hat = denoise(z, level_for(l_t, z))
+            z = ddim_step(z, x_hat, l_t, l_s)
+        else:
+            x_hat, c = estimate(z, l_t)
+            noise = None
+            if rule == "stochastic":
+                noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+            z = cov_ddim_step(z, x_hat, c, l_t, l_s, basis, rule, noise)
+        if callback is not None:
+            callback({"i": i, "z": z, "x_hat": x_hat, "logsnr": l_t})
+    return z
+
+
+@register_sampler("cov_ddim", jvps=lambda steps: steps, stochastic=True)
+def sample_cov_ddim(
+    denoise: Denoise,
+    z: Tensor,
+    logsnrs: Tensor,
+    *,
+    variant: str = "stochastic",
+    final: str | None = None,
+    pooling: str = "batch",
+    num_bands: int | None = None,
+    pool_channels: bool = True,
+    probe: str = "rademacher",
+    prior_var: float | Tensor | None = None,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Covariance-aware DDIM (one forward+JVP per step). NFE = steps, JVPs = steps.
+
+    `variant`: "stochastic" | "deterministic" for the steps; `final`: the last step's rule,
+    "stochastic" | "deterministic" | "mean" (default: the variant). The DCT-diagonal variance is
+    estimated per coefficient and averaged per `pooling` ("batch" | "example" | "profile", see
+    `pooled_covariance`) over `num_bands` radial bands (None: no band averaging) and, with
+    `pool_channels`, over channels; `probe`: "rademacher" | "gaussian"; `prior_var`: upper clip
+    (float or broadcastable per-coefficient tensor; None: none). Defaults: the best measured on
+    the oracle (docs/samplers.md); "batch" pooling couples the examples of a batch (use
+    "example" with `num_bands` of 8-16 for batch-independent samples).
+    """
+    final = _check_rules(variant, final)
+    if probe not in PROBES:
+        raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    logsnrs = prepare_grid(z, logsnrs)
+    if pooling != "example" and logsnrs.ndim > 1:
+        raise ValueError(f"pooling={pooling!r} needs one level for the whole batch (a 1-D grid)")
+    basis = BandBasis.for_shape(
+        tuple(z.shape), num_bands, pool_channels, device=z.device, dtype=z.dtype
+    )
+    check_level_shape(logsnrs[0], z, basis)
+    upper = None if prior_var is None else torch.as_tensor(prior_var, dtype=z.dtype).to(z.device)
+
+    def estimate(z: Tensor, l_t: Tensor) -> tuple[Tensor, Tensor]:
+        u = draw_probe(z.shape, probe, generator, z)
+        x_hat, products = tweedie_probe(denoise, z, l_t, basis, u)
+        c = pooled_covariance(products, u, basis, pooling).clamp_min(0)
+        return x_hat, c if upper is None else torch.minimum(c, upper)
+
+    return _run(denoise, z, logsnrs, estimate, basis, variant, final, generator, callback)
+
+
+# ----------------------------------------------------------------------------- without a JVP
+@torch.no_grad()
+def measure_posterior_spectrum(
+    denoise: Denoise,
+    data: Tensor,
+    logsnrs: Tensor,
+    *,
+    pool_channels: bool = True,
+    generator: torch.Generator | None = None,
+    batch_size: int = 512,
+) -> VarianceTable:
+    """The DCT diagonal of the *average* posterior covariance at each level, from data:
+    `E_z Cov[x | z] = E (x - x_hat(z))(x - x_hat(z))^T` (law of total variance), so per DCT
+    coefficient `k` the table holds `mean over data of (F (x - x_hat))_k^2` (channels averaged
+    with `pool_channels`): `[n, C or 1, H, W]` at the increasing finite `logsnrs`."""
+    if not isinstance(data, Tensor) or data.ndim < 4 or data.shape[0] < 1:
+        raise ValueError("data must be image tensors [N, ..., C, H, W] with N >= 1")
+    logsnrs = torch.as_tensor(logsnrs, dtype=torch.float64)
+    if not torch.isfinite(logsnrs).all():
+        raise ValueError("logsnrs must be finite")
+    basis = BandBasis.for_shape(
+        tuple(data.shape), None, pool_channels, device=data.device, dtype=data.dtype
+    )
+    values = []
+    for level in logsnrs:
+        total = 0.0
+        for x in data.split(batch_size):
+            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            lvl = level.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
+            alpha, sigma = alpha_sigma(broadcast_logsnr(lvl, x))
+            r = basis.to_freq(x - denoise(alpha * x + sigma * eps, lvl)).double()
+            total = total + basis.pool(r * r).flatten(0, -4).sum(0)
+        values.append(total / data[..., 0, 0, 0].numel())
+    return VarianceTable(logsnrs, torch.stack(values))
+
+
+@register_sampler("cov_ddim_table", stochastic=True)
+def sample_cov_ddim_table(
+    denoise: Denoise,
+    z: Tensor,
+    logsnrs: Tensor,
+    *,
+    table: VarianceTable | None = None,
+    variant: str = "stochastic",
+    final: str | None = None,
+    num_bands: int | None = None,
+    pool_channels: bool = True,
+    generator: torch.Generator | None = None,
+    callback: Callback | None = None,
+) -> Tensor:
+    """Covariance-aware DDIM with a tabulated DCT posterior spectrum instead of a JVP.
+    NFE = steps, no JVPs.
+
+    `table`: `measure_posterior_spectrum` of the model on data (the batch-pooled Tweedie
+    estimate `cov_ddim` makes with a JVP has this expectation); None: aDDIM's analytic
+    `0.1 / (2 + e^logsnr)`, flat over frequencies. `variant`/`final` as in `cov_ddim`
+    (`num_bands`: the bands of the deterministic rescaling). Works with per-example levels.
+    """
+    final = _check_rules(variant, final)
+    logsnrs = prepare_grid(z, logsnrs)
+    basis = BandBasis.for_shape(
+        tuple(z.shape), num_bands, pool_channels, device=z.device, dtype=z.dtype
+    )
+
+    def estimate(z: Tensor, l_t: Tensor) -> tuple[Tensor, Tensor]:
+        x_hat = denoise(z, level_for(l_t, z))
+        if table is None:
+            return x_hat, broadcast_logsnr(analytic_x_var(l_t), z)
+        c = table(l_t)  # [*level, C or 1, H, W]
+        return x_hat, c if l_t.ndim else c.unsqueeze(0)
+
+    return _run(denoise, z, logsnrs, estimate, basis, variant, final, generator, callback)
