@@ -27,6 +27,7 @@ feature-based Frechet distance (`difflab.eval`); the lead runs it with a larger 
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import math
@@ -42,7 +43,7 @@ from torch import Tensor, nn
 
 from difflab.config import TrainConfig, config_from_dict
 from difflab.data import make_dataset
-from difflab.diffusion.losses import sigmoid_weight, weighted_x_loss
+from difflab.diffusion.losses import sigmoid_weight, v_mse_weight, weighted_x_loss
 from difflab.diffusion.oracle import GaussianMixtureOracle
 from difflab.diffusion.parameterization import as_denoiser, diffuse
 from difflab.diffusion.schedules import CosineSchedule
@@ -290,22 +291,34 @@ def method_lr(args, name: str) -> float:
 
 
 def students_stage(oracle, schedule, init: nn.Module, results: dict, args, save) -> None:
-    teacher = Teacher(OracleTeacher(oracle), "x", schedule, sigmoid_weight(WEIGHTING["bias"]))
+    oracle_teacher = Teacher(
+        OracleTeacher(oracle), "x", schedule, sigmoid_weight(WEIGHTING["bias"])
+    )
+    # The parameter-space version needs a teacher network: its moment conditions are the
+    # gradients of the teacher's loss, one per parameter. The oracle's own parameters (mixture
+    # means, log-variances, logits: ~1k) are too few to pin the student down, so by default it
+    # matches the init MLP (1.7M parameters), which was trained to the oracle's denoiser with
+    # the v-MSE weighting, its stationary point (see results/distill.md).
+    net_teacher = Teacher(copy.deepcopy(init), "v", schedule, v_mse_weight)
     rows = results.setdefault("students", {})
     methods = student_methods(args)
     for name in args.methods:
+        use_net = name.startswith("mmd-param") and args.param_teacher == "net"
+        teacher = net_teacher if use_net else oracle_teacher
         for k in args.ks:
             key = f"{name}@{k}"
             lr = method_lr(args, name)
             method_cfg = methods[name](k)
             done = rows.get(key, {})
-            if (done.get("budget"), done.get("lr"), done.get("config")) == (
+            if (done.get("budget"), done.get("lr"), done.get("config"), done.get("teacher")) == (
                 args.student_budget,
                 lr,
                 dataclasses.asdict(method_cfg),
+                "init-net" if use_net else "oracle",
             ):
                 continue
-            run = Path(args.work_dir) / "students" / f"{name}_k{k}_lr{lr:g}_b{args.batch}"
+            tag = "_net" if use_net else ""
+            run = Path(args.work_dir) / "students" / f"{name}{tag}_k{k}_lr{lr:g}_b{args.batch}"
             cfg = run_config(
                 run,
                 args.student_budget,
@@ -322,7 +335,8 @@ def students_stage(oracle, schedule, init: nn.Module, results: dict, args, save)
             trainer.fit(resume=True)
             seconds = time.perf_counter() - start
             row = {"budget": args.student_budget, "train_seconds": seconds, "lr": lr,
-                   "ema": args.student_ema, "config": dataclasses.asdict(method_cfg)}  # fmt: skip
+                   "ema": args.student_ema, "config": dataclasses.asdict(method_cfg),
+                   "teacher": "init-net" if use_net else "oracle"}  # fmt: skip
             for which, net in (("ema", trainer.ema.average()), ("raw", trainer.net)):
                 net.eval()
                 gen = torch.Generator().manual_seed(args.seed)
@@ -436,8 +450,9 @@ MNIST_TEACHER = (("ddim", 8), ("ddpm", 8), ("ddim", 32), ("ddim", 256))
 
 
 def mnist_scores(samples: Tensor, features: dict, real: dict) -> dict:
-    """Frechet distances in each feature space against the cached MNIST train statistics, and
-    precision/recall (k = 3) in LeNet features against the test images."""
+    """Frechet distances in each feature space against the cached MNIST test-set statistics
+    (`difflab eval refstats mnist --split test`), and precision/recall (k = 3) in LeNet features
+    against the test images."""
     from difflab.eval.metrics import feature_stats, frechet_distance_from_stats, precision_recall
 
     out = {}
@@ -469,7 +484,7 @@ def mnist_setting(args) -> dict:
     for name in args.features:
         try:
             features[name] = get_feature_extractor(name)
-            real[name] = load_reference_stats("mnist", "train", features[name])
+            real[name] = load_reference_stats("mnist", "test", features[name])
         except (FileNotFoundError, ImportError, ValueError) as err:
             print(f"skipping {name}: {err}")
             features.pop(name, None)
@@ -496,7 +511,9 @@ def mnist_setting(args) -> dict:
     rows = results.setdefault("students", {})
     for method, variant, k in MNIST_PLAN:
         key = f"{method}-{variant}@{k}"
-        run = work / f"{method}_{variant}_k{k}"
+        lr = method_lr(args, f"{method}-{variant}")
+        run = work / f"{method}_{variant}_k{k}_lr{lr:g}"
+        options = {"aux_teacher_weight": args.aux_teacher_weight} if method == "mmd" else {}
         start = time.perf_counter()
         run_distillation(
             method,
@@ -505,15 +522,20 @@ def mnist_setting(args) -> dict:
             variant=variant,
             out_dir=run,
             resume=True,
+            options=options,
             overrides=[
                 f"train.steps={args.student_budget}",
                 f"data.batch_size={args.batch}",
+                f"optim.lr={lr}",
                 "train.progress=false",
+                "train.tensorboard=false",
             ],
         )
         spec = student_sampling(run)
-        rows[key] = {"budget": args.student_budget, "train_seconds": time.perf_counter() - start,
-                     **evaluate(run, spec["sampler"], spec["steps"], spec["grid"])}  # fmt: skip
+        seconds = time.perf_counter() - start
+        scores = evaluate(run, spec["sampler"], spec["steps"], spec["grid"])
+        rows[key] = {"budget": args.student_budget, "train_seconds": seconds, "lr": lr,
+                     "options": options, **scores}  # fmt: skip
         print(f"student {key}: {rows[key]}")
         save_json(store, results)
     out = Path(args.out + "_mnist")
@@ -579,6 +601,7 @@ def main(argv: list[str] | None = None) -> int:
         default=["mcm-cd", "mcm-ct", "mmd", "mmd-param-adam", "mmd-param", "mmd-anchored"],
     )
     p.add_argument("--ks", nargs="+", type=int, default=list(STUDENT_STEPS))
+    p.add_argument("--param-teacher", choices=("net", "oracle"), default="net")
     p.add_argument("--teacher", default=None, help="mnist: the teacher checkpoint/model")
     p.add_argument("--features", nargs="+", default=["fd-lenet", "fid"])
     args = p.parse_args(argv)

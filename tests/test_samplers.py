@@ -378,6 +378,15 @@ def test_per_element_grids_match_per_example_runs(mixture):
         torch.testing.assert_close(together, alone, rtol=1e-9, atol=1e-9)
 
 
+@pytest.mark.parametrize("name", sorted(SAMPLERS))
+def test_step_loop_has_no_host_sync(name):
+    """Tensors on the meta device have no data: any `.item()`, `bool(tensor)`, `nonzero()` or
+    data-dependent shape inside the loop raises. Grids are checked on the host before it."""
+    z = torch.empty(2, 1, 8, 8, device="meta")
+    out = get_sampler(name).fn(lambda z, l: 0.5 * z, z, uniform_t_grid(SCHED, 4))
+    assert out.device.type == "meta" and out.shape == z.shape
+
+
 def test_default_grid_for_every_sampler():
     for name in SAMPLERS:
         grid = default_grid(name, SCHED, 8)

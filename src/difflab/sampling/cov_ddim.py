@@ -85,9 +85,8 @@ class BandBasis:
         if num_bands is not None:
             if not isinstance(num_bands, int) or num_bands < 1:
                 raise ValueError(f"num_bands must be a positive int or None, got {num_bands!r}")
-            idx = radial_bands(h, w, num_bands).flatten().to(device)
-            onehot = torch.nn.functional.one_hot(idx, num_bands).to(dtype)
-            onehot = onehot[:, onehot.sum(0) > 0]  # drop empty bands (tiny images)
+            onehot = torch.nn.functional.one_hot(radial_bands(h, w, num_bands).flatten(), num_bands)
+            onehot = onehot[:, onehot.sum(0) > 0].to(device=device, dtype=dtype)  # no empty bands
         m = {n: dct_matrix(n, dtype=dtype, device=device) for n in (h, w)}
         return cls(m[h], m[w], onehot, pool_channels)
 
@@ -169,9 +168,14 @@ def pooled_covariance(products: Tensor, u: Tensor, basis: BandBasis, pooling: st
         return basis.expand(band, shape)
     full = BandBasis(basis.mh, basis.mw, None, basis.pool_channels)
     profile = full.pool(products).mean(0, keepdim=True) / full.pool(uu).mean(0, keepdim=True)
-    level = basis.pool(products) / basis.pool(uu)
-    ratio = level / basis.pool(profile).clamp_min(torch.finfo(products.dtype).tiny)
-    return profile * basis.expand(ratio, products.shape)
+    profile = profile.clamp_min(0)
+    band_mean = basis.expand(basis.pool(profile), profile.shape)
+    # within-band shape, <= the band's size: no overflow whatever the scale
+    shape_k = torch.where(
+        band_mean > 0, profile / band_mean.clamp_min(torch.finfo(u.dtype).tiny), 0
+    )
+    level = (basis.pool(products) / basis.pool(uu)).clamp_min(0)
+    return basis.expand(level, products.shape) * shape_k
 
 
 def cov_ddim_step(

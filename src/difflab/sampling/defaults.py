@@ -1,5 +1,6 @@
 """Each sampler's default grid: the grid that gave it the lowest exact Frechet distance on the
-image-like oracle over NFE 4-32 (`benchmarks/samplers.py`, grid study in results/samplers.md).
+image-like oracle, geometric mean over NFE 4, 6, 8, 10, 16, 32 (`benchmarks/samplers.py
+--grid-study-only`; the table is in results/samplers.md).
 
 Grid families (DESIGN.md), each over the model schedule's logsnr range or EDM's
 `sigma = exp(-logsnr / 2) in [0.002, 80]` (`edm_range`, intersected with the schedule's range;
@@ -79,10 +80,10 @@ DEFAULT_GRIDS: dict[str, GridChoice] = {
     "ddpm": GridChoice("uniform_t"),
     "euler": GridChoice("uniform_t"),
     "heun": GridChoice("edm", edm_range=True),
-    "dpmpp_2m": GridChoice("uniform_t"),
+    "dpmpp_2m": GridChoice("uniform_logsnr", edm_range=True),
     "dpmpp_3m": GridChoice("uniform_t"),
-    "unipc": GridChoice("uniform_t"),
-    "addim": GridChoice("uniform_t"),
+    "unipc": GridChoice("uniform_logsnr", edm_range=True),
+    "addim": GridChoice("uniform_t", shift=-2.0),
     "cov_ddim": GridChoice("uniform_t", shift=-2.0),
     "cov_ddim_table": GridChoice("uniform_t", shift=-2.0),
 }

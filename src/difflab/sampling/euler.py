@@ -23,6 +23,7 @@ from torch import Tensor
 
 from ..diffusion.parameterization import Denoise, alpha_sigma, broadcast_logsnr
 from .ddim import Callback, level_for, prepare_grid
+from .grids import check_grid
 from .registry import register_sampler
 
 
@@ -105,9 +106,9 @@ def sample_heun(
     """
     if churn < 0 or noise_scale < 0:
         raise ValueError(f"churn and noise_scale must be >= 0, got {churn}, {noise_scale}")
+    clean_end = ends_at_data(check_grid(logsnrs))  # on the caller's grid, before the loop
     logsnrs = prepare_grid(z, logsnrs)
     steps = logsnrs.shape[0] - 1
-    clean_end = ends_at_data(logsnrs)
     x = z / alpha_sigma(broadcast_logsnr(logsnrs[0], z))[0]
     for i in range(steps):
         l_t, l_s = logsnrs[i], logsnrs[i + 1]
