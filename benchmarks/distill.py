@@ -57,14 +57,15 @@ from difflab.methods.distill import (
 )
 from difflab.methods.moment_matching import MMDConfig
 from difflab.nets.layers import fourier_features
-from difflab.sampling import DEFAULT_GRIDS, get_sampler
+from difflab.sampling import DEFAULT_GRIDS, default_grid, get_sampler
 from difflab.sampling.generate import generate
 from difflab.train import Checkpoint, Trainer, list_checkpoints
 from difflab.train.allocator import apply_malloc_fix
 
 ROOT = Path(__file__).resolve().parents[1]
 ORACLE = {"shape": (1, 8, 8), "num_components": 8, "seed": 0}
-TEACHER_SAMPLERS = ("ddim", "ddpm", "addim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun")
+GRID_BUDGET = 1000  # student training steps of the main table; other budgets get own tables
+TEACHER_SAMPLERS = ("ddim", "ddpm", "addim", "dpmpp_2m", "dpmpp_3m", "unipc", "heun", "cov_ddim")
 TEACHER_NFES = (1, 2, 4, 8, 16, 32)
 TEACHER_LONG = ("ddim", "dpmpp_2m")  # also at 256 NFE (the near-exact reference)
 STUDENT_STEPS = (1, 2, 4, 8)
@@ -143,32 +144,40 @@ def machine() -> dict:
 # --------------------------------------------------------------------------- stage: teacher
 
 
+def grid_label(sampler: str) -> str:
+    """The name of `sampler`'s default grid (`difflab.sampling.DEFAULT_GRIDS`)."""
+    choice = DEFAULT_GRIDS.get(sampler, "uniform_t")
+    return getattr(choice, "label", str(choice))
+
+
+def run_sampler(denoise, sampler: str, logsnrs: Tensor, shape, args) -> Tensor:
+    """`args.samples` samples from the same initial noise (seed `args.seed`), in batches
+    (inference mode unless the sampler takes JVPs)."""
+    gen = torch.Generator().manual_seed(args.seed)
+    z = torch.randn(args.samples, *shape, generator=gen)
+    spec = get_sampler(sampler)
+    with torch.inference_mode(mode=not spec.jvps(len(logsnrs) - 1)):
+        return torch.cat([spec.fn(denoise, b, logsnrs, generator=gen) for b in z.split(1000)])
+
+
 def teacher_rows(oracle, schedule, results: dict, args, save) -> None:
+    """The oracle with every sampler on its default grid; rows are recomputed when a sampler's
+    default grid changes."""
     rows = results.setdefault("teacher", {})
     plan = [(s, n) for n in TEACHER_NFES for s in TEACHER_SAMPLERS]
     plan += [(s, 256) for s in TEACHER_LONG]
     for sampler, nfe in plan:
         key = f"{sampler}@{nfe}"
-        if key in rows:
+        if rows.get(key, {}).get("grid") == grid_label(sampler):
             continue
         spec = get_sampler(sampler)
         steps = max(s for s in range(1, nfe + 1) if spec.nfe(s) <= nfe)
         start = time.perf_counter()
-        gen = generate(
-            lambda labels=None: oracle.denoise,
-            oracle.shape,
-            schedule,
-            num=args.samples,
-            sampler=sampler,
-            steps=steps,
-            grid=DEFAULT_GRIDS.get(sampler, "uniform_t"),
-            seed=args.seed,
-            batch_size=1000,
-            progress=False,
-        )
+        logsnrs = default_grid(sampler, schedule, steps)
+        x = run_sampler(oracle.denoise, sampler, logsnrs, oracle.shape, args)
         rows[key] = {
-            "sampler": sampler, "nfe": gen.nfe, "steps": steps,
-            "grid": DEFAULT_GRIDS.get(sampler, "uniform_t"), **score(gen.samples, oracle),
+            "sampler": sampler, "nfe": spec.nfe(steps), "steps": steps,
+            "grid": grid_label(sampler), **score(x.float(), oracle),
             "seconds": time.perf_counter() - start,
         }  # fmt: skip
         print(f"teacher {key:>14}: FD {rows[key]['frechet']:.4f}  TV {rows[key]['mode_tv']:.3f}")
@@ -281,6 +290,10 @@ def student_methods(args) -> dict:
     }
 
 
+def students_key(budget: int) -> str:
+    return "students" if budget == GRID_BUDGET else f"students_{budget}"
+
+
 def method_lr(args, name: str) -> float:
     """The learning rate of method `name`: `--method-lr name=lr`, else `--student-lr`."""
     for item in args.method_lr:
@@ -300,7 +313,7 @@ def students_stage(oracle, schedule, init: nn.Module, results: dict, args, save)
     # matches the init MLP (1.7M parameters), which was trained to the oracle's denoiser with
     # the v-MSE weighting, its stationary point (see results/distill.md).
     net_teacher = Teacher(copy.deepcopy(init), "v", schedule, v_mse_weight)
-    rows = results.setdefault("students", {})
+    rows = results.setdefault(students_key(args.student_budget), {})
     methods = student_methods(args)
     for name in args.methods:
         use_net = name.startswith("mmd-param") and args.param_teacher == "net"
@@ -318,6 +331,8 @@ def students_stage(oracle, schedule, init: nn.Module, results: dict, args, save)
             ):
                 continue
             tag = "_net" if use_net else ""
+            if args.student_budget != GRID_BUDGET:
+                tag += f"_s{args.student_budget}"
             run = Path(args.work_dir) / "students" / f"{name}{tag}_k{k}_lr{lr:g}_b{args.batch}"
             cfg = run_config(
                 run,
@@ -362,6 +377,43 @@ def best_teacher(results: dict, nfe: int) -> tuple[str, dict]:
     return min(rows, key=lambda kr: kr[1]["frechet"], default=("none", {"frechet": math.nan}))
 
 
+def student_table(students: dict, results: dict) -> list[str]:
+    lines = ["| student | lr | 1 step | 2 steps | 4 steps | 8 steps |", "|---|---|---|---|---|---|"]
+    for name in dict.fromkeys(key.split("@")[0] for key in students):
+        cells, lrs = [], set()
+        for k in STUDENT_STEPS:
+            r = students.get(f"{name}@{k}")
+            cells.append(
+                "" if r is None else f"{r['ema']['frechet']:.4f} / {r['ema']['mode_tv']:.3f}"
+            )
+            lrs |= set() if r is None else {f"{r['lr']:g}"}
+        lines.append(f"| {name} | {', '.join(sorted(lrs))} | " + " | ".join(cells) + " |")
+    cells = []
+    for k in STUDENT_STEPS:
+        key, r = best_teacher(results, k)
+        cells.append(f"{r['frechet']:.4f} ({key})")
+    lines.append("| teacher, best sampler at the same NFE | | " + " | ".join(cells) + " |")
+    return lines
+
+
+def target_lines(students: dict, results: dict) -> list[str]:
+    """The issue's targets: 8-step MMD/MCM-CD students no worse than the teacher's best sampler
+    at 32 NFE; 4-step students better than its best at 8 NFE."""
+    lines = []
+    for name in ("mmd", "mcm-cd"):
+        for k, nfe in ((8, 32), (4, 8)):
+            r = students.get(f"{name}@{k}")
+            if r is None:
+                continue
+            ref_key, ref = best_teacher(results, nfe)
+            ok = r["ema"]["frechet"] <= ref["frechet"]
+            lines.append(
+                f"- {name} at {k} steps: FD {r['ema']['frechet']:.4f} vs teacher best at {nfe} NFE "
+                f"{ref['frechet']:.4f} ({ref_key}): **{'met' if ok else 'missed'}**"
+            )
+    return lines
+
+
 def oracle_report(results: dict, args) -> str:
     exact = results.get("exact_samples", {}).get("frechet", math.nan)
     lines = [
@@ -395,46 +447,22 @@ def oracle_report(results: dict, args) -> str:
         f"{meta.get('width')}, depth {meta.get('depth')}) regressed onto the oracle's denoiser for "
         f"{meta.get('steps')} steps (batch {meta.get('batch')}); its own samples: "
         + ", ".join(f"{k} FD {v['frechet']:.4f}" for k, v in results.get("init", {}).items())
-        + f". Each student then trains for {args.student_budget} steps (batch {args.batch}, Adam "
+        + f". Each student then trains for {GRID_BUDGET} steps (batch {args.batch}, Adam "
         f"beta = (0, 0.99), the learning rate in the table, EMA {args.student_ema}); cells show "
         "the EMA student's Frechet distance / mode TV (raw weights in the JSON).",
         "",
-        "| student | lr | 1 step | 2 steps | 4 steps | 8 steps |",
-        "|---|---|---|---|---|---|",
     ]
-    for name in student_methods(args):
-        cells, lrs = [], set()
-        for k in STUDENT_STEPS:
-            r = results.get("students", {}).get(f"{name}@{k}")
-            cells.append(
-                "" if r is None else f"{r['ema']['frechet']:.4f} / {r['ema']['mode_tv']:.3f}"
-            )
-            lrs |= set() if r is None else {f"{r['lr']:g}"}
-        lines.append(f"| {name} | {', '.join(sorted(lrs))} | " + " | ".join(cells) + " |")
-    cells = []
-    for k in STUDENT_STEPS:
-        if any(r["nfe"] == k for r in results.get("teacher", {}).values()):
-            key, r = best_teacher(results, k)
-            cells.append(f"{r['frechet']:.4f} ({key})")
-        else:
-            cells.append("")
-    lines.append("| teacher, best sampler at the same NFE | | " + " | ".join(cells) + " |")
-    lines += ["", "## Targets", ""]
-    for name in ("mmd", "mcm-cd"):
-        for k, nfe in ((8, 32), (4, 8)):
-            r = results.get("students", {}).get(f"{name}@{k}")
-            if r is None:
-                continue
-            ref_key, ref = best_teacher(results, nfe)
-            ok = r["ema"]["frechet"] <= ref["frechet"]
-            lines.append(
-                f"- {name} at {k} steps: FD {r['ema']['frechet']:.4f} vs teacher best at {nfe} NFE "
-                f"{ref['frechet']:.4f} ({ref_key}): **{'met' if ok else 'missed'}**"
-            )
+    budgets = sorted(int(k.split("_")[1]) for k in results if k.startswith("students_"))
+    for budget in (GRID_BUDGET, *budgets):
+        students = results.get(students_key(budget), {})
+        if budget != GRID_BUDGET:
+            lines += [f"### Longer training: {budget} steps", ""]
+        lines += student_table(students, results)
+        lines += ["", "Targets:", ""] + target_lines(students, results) + [""]
     lines += [
+        "Reproduce (runs and numbers are cached under `--work-dir`, so the commands resume):",
         "",
-        f"Reproduce: `{results.get('command', 'python benchmarks/distill.py oracle')}` "
-        f"(runs and numbers cached under `{args.work_dir}/`).",
+        *[f"    {c}" for c in results.get("commands", [])],
         "",
     ]
     return "\n".join(lines)
@@ -540,8 +568,31 @@ def mnist_setting(args) -> dict:
         save_json(store, results)
     out = Path(args.out + "_mnist")
     save_json(Path(f"{out}.json"), {"mnist": results, "args": vars(args)})
-    print(f"wrote {out}.json")
+    Path(f"{out}.md").write_text(mnist_report(results, args))
+    print(f"wrote {out}.md and {out}.json")
     return results
+
+
+def mnist_report(results: dict, args) -> str:
+    rows = [r for part in ("teacher", "students") for r in results.get(part, {}).values()]
+    names = [n for n in ("fd-lenet", "fid", "precision", "recall") if any(n in r for r in rows)]
+    lines = [
+        "# Distillation of the MNIST teacher",
+        "",
+        f"Teacher: `{args.teacher}`. {args.samples} class-balanced samples per row (seed "
+        f"{args.seed}); Frechet distances against the MNIST test-set statistics, precision/recall "
+        f"(k = 3) in LeNet features against the test images. Students: {args.student_budget} "
+        f"steps, batch {args.batch}.",
+        "",
+        "| model | NFE | " + " | ".join(names) + " |",
+        "|---|---|" + "---|" * len(names),
+    ]
+    for part in ("teacher", "students"):
+        for key, r in results.get(part, {}).items():
+            cells = [f"{r[n]:.3f}" if n in r else "" for n in names]
+            lines.append(f"| {part[:-1] if part == 'students' else part} {key} | {r['nfe']} | "
+                         + " | ".join(cells) + " |")  # fmt: skip
+    return "\n".join(lines) + "\n"
 
 
 # --------------------------------------------------------------------------- main
@@ -558,7 +609,11 @@ def oracle_setting(args) -> dict:
         save_json(store, results)
 
     results["machine"] = machine()
-    results["command"] = " ".join(["python", *sys.argv])
+    if "command" in results:  # the single-command format of earlier runs
+        results.setdefault("commands", []).insert(0, results.pop("command"))
+    command = " ".join(["python", *sys.argv])
+    if command not in results.setdefault("commands", []):
+        results["commands"].append(command)
     if "teacher" in args.stages:
         teacher_rows(oracle, schedule, results, args, save)
     if "init" in args.stages or "students" in args.stages:

@@ -241,10 +241,7 @@ class Method:
         if self.hybrid_last_cov:
             return steps, 1
         spec = get_sampler(self.sampler)
-        jvps = spec.jvps(steps)
-        if self.sampler == "cov_ddim" and self.options.get("final") == "mean":
-            jvps -= 1
-        return spec.nfe(steps), jvps
+        return spec.nfe(steps, **self.options), spec.jvps(steps, **self.options)
 
     def run(self, setup: Setup, denoise: Denoise, z: Tensor, steps: int, seed: int) -> Tensor:
         gen = torch.Generator().manual_seed(seed)
@@ -463,7 +460,7 @@ def agreement(setup: Setup, runner: Runner, num: int = 256) -> list[dict]:
         scheduler_grid,
     )
 
-    z = runner.z[:num]
+    z = runner.z[:num] if setup.kind == "oracle" else runner.z[:num].float()
     den = setup.make_denoise(None if runner.labels is None else runner.labels[:num])
     out = []
     for peer, ours in (
@@ -710,6 +707,24 @@ def targets(rows: list[Row], key: str, setup: Setup) -> list[str]:
                 f"NFE {nfe}: best difflab `{ours.method}` {fmt(v_o)} vs every diffusers "
                 f"scheduler (best `{theirs.method}` {fmt(v_t)}) **{'met' if ok else 'missed'}**"
             )
+    if setup.kind == "checkpoint":  # the covariance-aware sampler vs the papers' baselines
+        for nfe in (8, 10):
+            for cov in ("cov_ddim", "cov_ddim_table"):
+                mine = [r for r in rows if r.method == cov and r.nfe_target == nfe]
+                rivals = [
+                    r
+                    for r in rows
+                    if r.method in ("ddim", "heun", "dpmpp_2m", "addim") and r.nfe_target == nfe
+                ]
+                if not mine or not rivals:
+                    continue
+                best = min(rivals, key=lambda r: r.metrics[key])
+                ok = mine[0].metrics[key] < best.metrics[key]
+                lines.append(
+                    f"NFE {nfe}: `{cov}` {fmt(mine[0].metrics[key])} vs the best of DDIM, Heun, "
+                    f"DPM-Solver++, aDDIM (`{best.method}` {fmt(best.metrics[key])}) "
+                    f"**{'met' if ok else 'missed'}**"
+                )
     if setup.kind == "oracle":
         for name in ("cov_ddim", "ddim", "dpmpp_2m", "unipc", "diffusers_dpmpp_2m"):
             r = [x for x in rows if x.method == name and x.nfe_target == 8]
@@ -820,6 +835,10 @@ def parse_args(argv=None):
     )
     p.add_argument("--grid-study-file", help="reuse the JSON a --grid-study-only run wrote")
     p.add_argument("--no-diffusers", action="store_true")
+    p.add_argument("--methods", nargs="+", help="run only these methods (names as in the tables)")
+    p.add_argument(
+        "--no-equal-compute", action="store_true", help="skip the extra equal-compute rows"
+    )
     p.add_argument("--jvp-reps", type=int, default=7)
     p.add_argument("--table-levels", type=int, default=121, help="levels of the measured tables")
     p.add_argument("--table-num", type=int, default=2000, help="data examples for the tables")
@@ -849,6 +868,12 @@ def main(argv=None) -> int:
     log("measuring the posterior spectrum table on data ...")
     methods = difflab_methods(setup, args.table_levels)
     peers = [] if args.no_diffusers else diffusers_methods()
+    if args.methods:
+        known = {m.name for m in methods + peers}
+        if unknown := set(args.methods) - known:
+            raise SystemExit(f"--methods: unknown {sorted(unknown)}; known: {sorted(known)}")
+        methods = [m for m in methods if m.name in args.methods]
+        peers = [m for m in peers if m.name in args.methods]
     MAIN_METHODS.update(m.name for m in methods + peers)
     report: dict = {
         "command": "python benchmarks/samplers.py "
@@ -894,10 +919,11 @@ def main(argv=None) -> int:
     if peers:
         log("agreement with diffusers on the same grid ...")
         report["agreement"] = agreement(setup, runner)
-        log("equal compute ...")
-        report["equal_compute"] = equal_compute(
-            setup, runner, rows, peers, jvp_cost, max_nfe=max(args.nfe)
-        )
+        if not args.no_equal_compute:
+            log("equal compute ...")
+            report["equal_compute"] = equal_compute(
+                setup, runner, rows, peers, jvp_cost, max_nfe=max(args.nfe)
+            )
         report["equal_time"] = equal_time(rows, key, "cov_ddim") + equal_time(
             rows, key, "cov_ddim_table"
         )

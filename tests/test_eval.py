@@ -345,3 +345,20 @@ def test_quality_vs_nfe_plot_and_sample_rows_write_pngs(tmp_path):
         read_records(tmp_path / "bad.json")
     rows = {f"nfe {n}": torch.rand(6, 1, 28, 28) * 2 - 1 for n in (4, 8)}
     assert Image.open(plot_sample_rows(rows, tmp_path / "rows.png")).format == "PNG"
+
+
+def test_eval_cli_scores_the_shipped_model_and_rejects_a_bad_decoder_level(tmp_path, capsys):
+    """`difflab eval CKPT` end to end on a few samples: one JSON record with the resolved grid,
+    the honest NFE, a finite fd-lenet, and an ELBO whose decoder level defaults to the schedule's
+    end; an out-of-range `--elbo-logsnr-max` is a clear error naming the flag."""
+    from difflab.cli import main, shipped_model_path
+
+    ckpt, out = str(shipped_model_path()), tmp_path / "eval.json"
+    common = [ckpt, "--num", "24", "--ref-num", "200", "--sampler", "ddim", "--steps", "3"]
+    assert main(["eval", *common, "--metric", "fd-lenet,elbo", "--out", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    assert record["grid"] == "default: uniform_t" and record["nfe"] == 3
+    assert record["fd-lenet"] > 0 and np.isfinite(record["fd-lenet"])
+    assert record["elbo_logsnr_max"] == 15.0 and 0 < record["elbo_bits_per_dim"] < 8
+    assert main(["eval", *common, "--metric", "elbo", "--elbo-logsnr-max", "30"]) == 2
+    assert "--elbo-logsnr-max must lie in" in capsys.readouterr().err

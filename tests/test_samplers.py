@@ -35,7 +35,7 @@ from difflab.sampling import (
     uniform_t_grid,
 )
 from difflab.sampling.cov_ddim import pooled_covariance, tweedie_probe
-from difflab.sampling.dpmpp import dpmpp_weights
+from difflab.sampling.dpmpp import dpmpp_loop, dpmpp_plan, dpmpp_weights
 
 SCHED = CosineSchedule()
 F64 = torch.float64
@@ -192,14 +192,19 @@ def test_nfe_and_jvps_are_counted_honestly(gauss, name):
 
 def test_cov_ddim_final_mean_skips_the_last_jvp(gauss):
     counted, calls = _counting(GaussianDenoiser(gauss))
-    sample_cov_ddim(counted, _noise(2, gauss.shape, 0), uniform_t_grid(SCHED, 4), final="mean")
+    grid = uniform_t_grid(SCHED, 4)
+    sample_cov_ddim(counted, _noise(2, gauss.shape, 0), grid, final="mean")
     assert calls == {"forward": 1, "jvp": 3}
+    assert get_sampler("cov_ddim").calls(grid, final="mean") == (4, 3)
 
 
 def test_heun_costs_two_per_step_on_a_finite_grid(gauss):
     counted, calls = _counting(GaussianDenoiser(gauss))
-    sample_heun(counted, _noise(2, gauss.shape, 0), uniform_t_grid(SCHED, 3, final=12.0))
+    grid = uniform_t_grid(SCHED, 3, final=12.0)
+    sample_heun(counted, _noise(2, gauss.shape, 0), grid)
     assert calls["forward"] == 6
+    assert get_sampler("heun").calls(grid) == (6, 0)
+    assert get_sampler("heun").calls(uniform_t_grid(SCHED, 3)) == (5, 0)
 
 
 def _band_mean(values, num_bands):
@@ -385,6 +390,28 @@ def test_step_loop_has_no_host_sync(name):
     z = torch.empty(2, 1, 8, 8, device="meta")
     out = get_sampler(name).fn(lambda z, l: 0.5 * z, z, uniform_t_grid(SCHED, 4))
     assert out.device.type == "meta" and out.shape == z.shape
+
+
+@pytest.mark.parametrize("name", ["ddim", "dpmpp_2m"])
+def test_step_loop_compiles_to_one_graph(name):
+    """`torch.compile(fullgraph=True)` raises on any graph break (a host sync such as `.item()`
+    or data-dependent control flow) in the step loop; the "eager" backend checks the capture
+    without a C++ toolchain. DPM-Solver++ reads its grid on the host once, in `dpmpp_plan`
+    before the loop; DDIM has no host read at all under compile."""
+    grid = uniform_t_grid(SCHED, 4)
+    z = _noise(2, (1, 8, 8), 0)
+
+    def denoise(z, logsnr):
+        return 0.5 * z + 0.1 * torch.tanh(logsnr).view(-1, 1, 1, 1)
+
+    if name == "ddim":
+        run = lambda z: sample_ddim(denoise, z, grid)  # noqa: E731
+    else:
+        plan = dpmpp_plan(z, grid, 2, lower_order_final=True)
+        run = lambda z: dpmpp_loop(denoise, z, grid.to(z.dtype), plan, 2)  # noqa: E731
+    torch._dynamo.reset()
+    compiled = torch.compile(run, fullgraph=True, backend="eager")
+    torch.testing.assert_close(compiled(z), get_sampler(name).fn(denoise, z, grid))
 
 
 def test_default_grid_for_every_sampler():

@@ -60,7 +60,7 @@ def sample_checkpoint(
     sampler: str,
     steps: int,
     num: int,
-    grid: str = "uniform_t",
+    grid: str = "default",
     label: str | None = None,
     guidance: float = 0.0,
     interval: tuple[float, float] = (-math.inf, math.inf),
@@ -94,6 +94,7 @@ def sample_checkpoint(
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from .sampling.generate import describe_grid
     from .train.monitor import save_image_grid
 
     result, _ = sample_checkpoint(
@@ -118,7 +119,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         Image.fromarray(arr).save(out / f"{i:05d}.png")
     grid_file = save_image_grid(result.samples[:256], out / "grid.png", scale=2)
     print(
-        f"{args.num} samples with {args.sampler} ({args.steps} steps, {args.grid} grid): "
+        f"{args.num} samples with {args.sampler} ({args.steps} steps, "
+        f"{describe_grid(args.grid, args.sampler)} grid): "
         f"NFE {result.nfe} per sample, {result.seconds:.1f} s wall "
         f"({args.num / result.seconds:.1f} img/s)\nimages: {out}/  grid: {grid_file}"
     )
@@ -188,7 +190,7 @@ def cmd_data(args: argparse.Namespace) -> int:
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     from .sampling import SAMPLERS
-    from .sampling.generate import GRIDS
+    from .sampling.generate import GRID_CHOICES
 
     p = argparse.ArgumentParser(prog="difflab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -204,7 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
     s.add_argument("--steps", type=int, default=32)
     s.add_argument("--num", type=int, default=64)
-    s.add_argument("--grid", default="uniform_t", choices=GRIDS)
+    s.add_argument(
+        "--grid",
+        default="default",
+        choices=GRID_CHOICES,
+        help="sampling grid ('default': the sampler's measured own)",
+    )
     s.add_argument("--label", default=None, help="class index or 'all' (default: cycle)")
     s.add_argument("--guidance", type=float, default=0.0, help="CFG weight w (0 = off)")
     s.add_argument(

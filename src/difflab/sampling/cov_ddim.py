@@ -244,7 +244,9 @@ def _run(
     return z
 
 
-@register_sampler("cov_ddim", jvps=lambda steps: steps, stochastic=True)
+@register_sampler(
+    "cov_ddim", jvps=lambda steps, final=None, **_: steps - (final == "mean"), stochastic=True
+)
 def sample_cov_ddim(
     denoise: Denoise,
     z: Tensor,

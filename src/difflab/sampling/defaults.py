@@ -24,8 +24,7 @@ import torch
 from torch import Tensor
 
 from ..diffusion.schedules import Schedule
-from .generate import make_grid
-from .grids import check_grid, edm_grid, uniform_logsnr_grid
+from .grids import check_grid, edm_grid, make_grid, uniform_logsnr_grid
 from .registry import get_sampler
 
 FAMILIES = ("uniform_t", "edm", "uniform_logsnr")

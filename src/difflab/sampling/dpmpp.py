@@ -98,15 +98,14 @@ def combine(z: Tensor, ratio: Tensor, weights: list[Tensor], outputs: list[Tenso
     return out
 
 
-def _sample_dpmpp(
-    denoise: Denoise,
-    z: Tensor,
-    logsnrs: Tensor,
-    order: int,
-    lower_order_final: bool,
-    callback: Callback | None,
-) -> Tensor:
-    grid = prepare_grid(z, logsnrs)
+Plan = list[tuple[Tensor, list[Tensor]]]
+"""Per step `(ratio, weights)` of `combine`, on the state's device/dtype."""
+
+
+def dpmpp_plan(z: Tensor, logsnrs: Tensor, order: int, lower_order_final: bool) -> Plan:
+    """Validate the grid and compute every step's coefficients on the host, before the loop
+    (the only host reads of the sampler)."""
+    prepare_grid(z, logsnrs)
     g64 = grid_float64(logsnrs)
     steps = g64.shape[0] - 1
     orders = multistep_orders(
@@ -115,19 +114,44 @@ def _sample_dpmpp(
         lower_final=lower_order_final and steps < LOWER_ORDER_FINAL_BELOW,
         clean_end=ends_at_data(g64),
     )
-    coefs = []
+    plan = []
     for i, k in enumerate(orders):
         ratio, weights = dpmpp_weights([g64[i - j] for j in range(k)], g64[i + 1], k)
-        coefs.append((_on(ratio, z), [_on(w, z) for w in weights]))
+        plan.append((_on(ratio, z), [_on(w, z) for w in weights]))
+    return plan
+
+
+def dpmpp_loop(
+    denoise: Denoise,
+    z: Tensor,
+    grid: Tensor,
+    plan: Plan,
+    order: int,
+    callback: Callback | None = None,
+) -> Tensor:
+    """The step loop over a `dpmpp_plan`: one denoiser call and one linear combination per
+    step, no host synchronisation (it compiles to one graph, tested)."""
     outputs: list[Tensor] = []  # denoiser outputs, newest first
-    for i in range(steps):
+    for i, (ratio, weights) in enumerate(plan):
         x_hat = denoise(z, level_for(grid[i], z))
         outputs = [x_hat, *outputs[: order - 1]]
-        ratio, weights = coefs[i]
         z = combine(z, ratio, weights, outputs)
         if callback is not None:
             callback({"i": i, "z": z, "x_hat": x_hat, "logsnr": grid[i]})
     return z
+
+
+def _sample_dpmpp(
+    denoise: Denoise,
+    z: Tensor,
+    logsnrs: Tensor,
+    order: int,
+    lower_order_final: bool,
+    callback: Callback | None,
+) -> Tensor:
+    plan = dpmpp_plan(z, logsnrs, order, lower_order_final)
+    grid = logsnrs.to(device=z.device, dtype=z.dtype)
+    return dpmpp_loop(denoise, z, grid, plan, order, callback)
 
 
 @register_sampler("dpmpp_2m")

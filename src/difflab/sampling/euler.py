@@ -85,7 +85,7 @@ def churn_gamma(logsnr: Tensor, churn: float, steps: int, interval: tuple[float,
     return torch.where(inside, torch.full_like(logsnr, gamma), torch.zeros_like(logsnr))
 
 
-@register_sampler("heun", nfe=lambda steps: 2 * steps - 1)
+@register_sampler("heun", nfe=lambda steps, finite_end=False, **_: 2 * steps - (not finite_end))
 def sample_heun(
     denoise: Denoise,
     z: Tensor,

@@ -15,21 +15,36 @@ from tqdm import tqdm
 from ..diffusion.guidance import guided_denoiser
 from ..diffusion.parameterization import Denoise
 from ..diffusion.schedules import Schedule
-from .grids import edm_grid_for_schedule, uniform_logsnr_grid, uniform_t_grid
+from .defaults import DEFAULT_GRIDS, GridChoice, default_grid
+from .grids import GRIDS, make_grid
 from .registry import get_sampler
 
-GRIDS = ("uniform_t", "edm", "uniform_logsnr")
+GRID_CHOICES = ("default", *GRIDS)
+"""`grid` values of `generate`: a family of `grids.GRIDS`, or each sampler's measured default."""
 
 
-def make_grid(name: str, schedule: Schedule, steps: int, *, rho: float = 7.0) -> Tensor:
-    """A sampling grid by name over the range of `schedule` (see `grids.py`)."""
-    if name == "uniform_t":
-        return uniform_t_grid(schedule, steps)
-    if name == "edm":
-        return edm_grid_for_schedule(schedule, steps, rho=rho)
-    if name == "uniform_logsnr":
-        return uniform_logsnr_grid(schedule.logsnr_min, schedule.logsnr_max, steps)
-    raise ValueError(f"unknown grid {name!r}; known grids: {list(GRIDS)}")
+def resolve_grid(grid: str | Tensor, sampler: str, schedule: Schedule, steps: int) -> Tensor:
+    """The logsnr grid for `grid`: `"default"` (the sampler's `DEFAULT_GRIDS` entry), a family
+    name, or an explicit increasing grid of `steps + 1` levels."""
+    if isinstance(grid, Tensor):
+        if grid.ndim < 1 or grid.shape[0] != steps + 1:
+            raise ValueError(
+                f"grid must have steps + 1 = {steps + 1} levels along dim 0, "
+                f"got shape {tuple(grid.shape)}"
+            )
+        return grid
+    if grid == "default":
+        return default_grid(sampler, schedule, steps)
+    return make_grid(grid, schedule, steps)
+
+
+def describe_grid(grid: str | Tensor, sampler: str) -> str:
+    """A readable name of `grid` for logs and result files (the default resolved)."""
+    if isinstance(grid, Tensor):
+        return "explicit"
+    if grid == "default":
+        return f"default: {DEFAULT_GRIDS.get(sampler, GridChoice()).label}"
+    return grid
 
 
 @dataclass
@@ -48,7 +63,7 @@ def generate(
     num: int,
     sampler: str = "ddim",
     steps: int = 32,
-    grid: str = "uniform_t",
+    grid: str | Tensor = "default",
     labels: Tensor | None = None,
     guidance: float = 0.0,
     interval: tuple[float, float] = (-math.inf, math.inf),
@@ -58,7 +73,8 @@ def generate(
     progress: bool = True,
     sampler_options: dict | None = None,
 ) -> Generation:
-    """Draw `num` samples of `shape` with `sampler` over `steps` steps of a named grid.
+    """Draw `num` samples of `shape` with `sampler` over `steps` steps of `grid` (`"default"`:
+    the sampler's measured default, `DEFAULT_GRIDS`; a family name; or an explicit grid).
 
     `make_denoise(labels=None | Tensor)` returns the `Denoise` for a batch (labels bound in);
     with `guidance != 0` the unconditional denoiser (`labels=None`) is combined by CFG within
@@ -71,7 +87,9 @@ def generate(
     if guidance != 0 and labels is None:
         raise ValueError("guidance needs class labels (a class-conditional model)")
     spec = get_sampler(sampler)
-    logsnrs = make_grid(grid, schedule, steps)
+    logsnrs = resolve_grid(grid, sampler, schedule, steps)
+    options = sampler_options or {}
+    nfe, jvps = spec.calls(logsnrs, **options)
     gen = torch.Generator(device="cpu").manual_seed(seed)
     out = []
     start = time.perf_counter()
@@ -83,10 +101,10 @@ def generate(
         if guidance != 0:
             denoise = guided_denoiser(denoise, make_denoise(), guidance, interval)
         z = torch.randn(n, *shape, generator=gen).to(device)
-        with torch.inference_mode(mode=not spec.jvps(steps)):
-            x = spec.fn(denoise, z, logsnrs, generator=gen, **(sampler_options or {}))
+        with torch.inference_mode(mode=not jvps):
+            x = spec.fn(denoise, z, logsnrs, generator=gen, **options)
         out.append(x.float().cpu())
         bar.update(n)
     bar.close()
-    nfe = spec.nfe(steps) * (2 if guidance != 0 else 1)
+    nfe *= 2 if guidance != 0 else 1
     return Generation(torch.cat(out), labels, nfe, time.perf_counter() - start)

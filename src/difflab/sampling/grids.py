@@ -17,11 +17,15 @@ from ..diffusion.schedules import Schedule
 
 def check_grid(logsnrs: Tensor, name: str = "logsnrs") -> Tensor:
     """Validate a grid: at least two levels along dim 0, no NaN, finite start, strictly
-    increasing along dim 0 (the last level may be `+inf`)."""
+    increasing along dim 0 (the last level may be `+inf`). The value checks read the grid on the
+    host, so they run in eager calls and are skipped while `torch.compile` traces a sampler (its
+    graph then has no host synchronisation; validate the grid once before compiling)."""
     if not isinstance(logsnrs, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(logsnrs).__name__}")
     if logsnrs.ndim == 0 or logsnrs.shape[0] < 2:
         raise ValueError(f"{name} needs at least 2 levels along dim 0, got {tuple(logsnrs.shape)}")
+    if torch.compiler.is_compiling():
+        return logsnrs
     if torch.isnan(logsnrs).any():
         raise ValueError(f"{name} contains NaN")
     if not torch.isfinite(logsnrs[:-1]).all():
@@ -88,3 +92,18 @@ def edm_grid_for_schedule(schedule: Schedule, steps: int, rho: float = 7.0) -> T
         sigma_max=math.exp(-0.5 * schedule.logsnr_min),
         rho=rho,
     )
+
+
+GRIDS = ("uniform_t", "edm", "uniform_logsnr")
+"""The grid families by name (`make_grid`); `generate(grid="default")` picks a sampler's own."""
+
+
+def make_grid(name: str, schedule: Schedule, steps: int, *, rho: float = 7.0) -> Tensor:
+    """A sampling grid by name over the range of `schedule`."""
+    if name == "uniform_t":
+        return uniform_t_grid(schedule, steps)
+    if name == "edm":
+        return edm_grid_for_schedule(schedule, steps, rho=rho)
+    if name == "uniform_logsnr":
+        return uniform_logsnr_grid(schedule.logsnr_min, schedule.logsnr_max, steps)
+    raise ValueError(f"unknown grid {name!r}; known grids: {['default', *GRIDS]}")
