@@ -520,7 +520,7 @@ def mnist_setting(args) -> dict:
         test = torch.from_numpy(DATASETS["mnist"]("test")[: args.samples])
         real["test-lenet"] = features["fd-lenet"](test, progress=False)
 
-    def evaluate(path, sampler, steps, grid="uniform_t") -> dict:
+    def evaluate(path, sampler, steps, grid="default") -> dict:
         make, cfg = load_denoiser(path)
         net = make.net
         labels = torch.arange(args.samples) % net.config.num_classes
@@ -531,13 +531,16 @@ def mnist_setting(args) -> dict:
         return {"nfe": gen.nfe, **mnist_scores(gen.samples, features, real)}
 
     rows = results.setdefault("teacher", {})
-    for sampler, steps in MNIST_TEACHER:
+    teacher_plan = [(r.split("@")[0], int(r.split("@")[1])) for r in args.mnist_teacher]
+    student_plan = [(m.split("-")[0], m.split("-")[1].split("@")[0], int(m.split("@")[1]))
+                    for m in args.mnist_students]  # fmt: skip
+    for sampler, steps in teacher_plan:
         if f"{sampler}@{steps}" not in rows:
             rows[f"{sampler}@{steps}"] = evaluate(args.teacher, sampler, steps)
             print(f"teacher {sampler}@{steps}: {rows[f'{sampler}@{steps}']}")
             save_json(store, results)
     rows = results.setdefault("students", {})
-    for method, variant, k in MNIST_PLAN:
+    for method, variant, k in student_plan:
         key = f"{method}-{variant}@{k}"
         lr = method_lr(args, f"{method}-{variant}")
         run = work / f"{method}_{variant}_k{k}_lr{lr:g}"
@@ -659,6 +662,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--param-teacher", choices=("net", "oracle"), default="net")
     p.add_argument("--teacher", default=None, help="mnist: the teacher checkpoint/model")
     p.add_argument("--features", nargs="+", default=["fd-lenet", "fid"])
+    p.add_argument(
+        "--mnist-teacher",
+        nargs="+",
+        default=[f"{s}@{k}" for s, k in MNIST_TEACHER],
+        help="mnist: teacher rows as sampler@steps",
+    )
+    p.add_argument(
+        "--mnist-students",
+        nargs="+",
+        default=[f"{m}-{v}@{k}" for m, v, k in MNIST_PLAN],
+        help="mnist: students as method-variant@steps (mmd-alternating@8, mcm-cd@4, ...)",
+    )
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

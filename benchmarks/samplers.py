@@ -261,6 +261,9 @@ class Method:
             return fn(denoise, z, grid, generator=gen, **self.options)
 
 
+COV_VARIANTS = ("cov_ddim", "cov_ddim_table", "cov_ddim_mean_last", "cov_ddim_table_mean_last")
+"""The covariance-aware rows the checkpoint targets are reported for (every one, not the best)."""
+
 COV_BEST: dict = {}
 """cov_ddim's options for the hybrid's last step (its defaults: the best measured)."""
 
@@ -294,6 +297,13 @@ def difflab_methods(setup: Setup, table_levels: int) -> list[Method]:
             {"variant": "deterministic", "final": "stochastic"},
         ),
         Method("cov_ddim_table", "difflab", "cov_ddim_table", {"table": spectrum}),
+        Method("cov_ddim_mean_last", "difflab", "cov_ddim", {"final": "mean"}),
+        Method(
+            "cov_ddim_table_mean_last",
+            "difflab",
+            "cov_ddim_table",
+            {"table": spectrum, "final": "mean"},
+        ),
         Method("unipc+cov_last", "difflab", "unipc", grid=GridChoice(), hybrid_last_cov=True),
     ]
 
@@ -709,7 +719,7 @@ def targets(rows: list[Row], key: str, setup: Setup) -> list[str]:
             )
     if setup.kind == "checkpoint":  # the covariance-aware sampler vs the papers' baselines
         for nfe in (8, 10):
-            for cov in ("cov_ddim", "cov_ddim_table"):
+            for cov in COV_VARIANTS:
                 mine = [r for r in rows if r.method == cov and r.nfe_target == nfe]
                 rivals = [
                     r

@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from difflab.cli import sample_checkpoint
 from difflab.config import config_from_dict, load_config
 from difflab.data import make_dataset
 from difflab.diffusion.guidance import guided_denoiser
@@ -527,6 +528,10 @@ def test_cli_distills_a_checkpoint_with_guidance_and_the_student_samples(
                    sampler=spec["sampler"], steps=spec["steps"], grid=spec["grid"],
                    labels=torch.arange(10), progress=False)  # fmt: skip
     assert gen.nfe == 2 and torch.isfinite(gen.samples).all()
+    # `difflab sample STUDENT` with no sampler/steps: the recorded sampler and exact levels
+    result, _ = sample_checkpoint(exported, num=4, progress=False)
+    assert (result.sampler, result.steps, result.grid) == (spec["sampler"], 2, "explicit")
+    assert result.nfe == 2 and torch.isfinite(result.samples).all()
     bad = parser.parse_args(["distill", method, "--teacher", str(teacher), "--student-steps", "0",
                              "--out", str(tmp_path / "bad")])  # fmt: skip
     with pytest.raises(ValueError, match="student_steps"):

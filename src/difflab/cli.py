@@ -57,8 +57,8 @@ def _labels_for(num: int, num_classes: int, label: str | None):
 def sample_checkpoint(
     ckpt: str | Path,
     *,
-    sampler: str,
-    steps: int,
+    sampler: str | None = None,
+    steps: int | None = None,
     num: int,
     grid: str = "default",
     label: str | None = None,
@@ -68,10 +68,19 @@ def sample_checkpoint(
     ema: bool = True,
     progress: bool = True,
 ):
-    """Load a checkpoint/exported model and generate; returns `(Generation, cfg)`."""
+    """Load a checkpoint/exported model and generate; returns `(Generation, cfg)`.
+
+    A distilled student samples with its recorded sampler, steps and exact levels unless
+    `sampler`/`steps` are given; any other model defaults to DDIM with 32 steps."""
+    from .methods.distill import student_sampling
     from .sampling.generate import generate
     from .train import load_denoiser
 
+    student = student_sampling(ckpt)
+    if student is not None and sampler is None and steps is None:
+        sampler, steps, grid = student["sampler"], student["steps"], student["logsnrs"]
+    sampler = sampler or (student["sampler"] if student else "ddim")
+    steps = steps or (student["steps"] if student else 32)
     make_denoise, cfg = load_denoiser(ckpt, ema=ema)
     net = make_denoise.net
     labels = _labels_for(num, net.config.num_classes, label)
@@ -94,7 +103,6 @@ def sample_checkpoint(
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from .sampling.generate import describe_grid
     from .train.monitor import save_image_grid
 
     result, _ = sample_checkpoint(
@@ -119,8 +127,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         Image.fromarray(arr).save(out / f"{i:05d}.png")
     grid_file = save_image_grid(result.samples[:256], out / "grid.png", scale=2)
     print(
-        f"{args.num} samples with {args.sampler} ({args.steps} steps, "
-        f"{describe_grid(args.grid, args.sampler)} grid): "
+        f"{args.num} samples with {result.sampler} ({result.steps} steps, "
+        f"{result.grid} grid): "
         f"NFE {result.nfe} per sample, {result.seconds:.1f} s wall "
         f"({args.num / result.seconds:.1f} img/s)\nimages: {out}/  grid: {grid_file}"
     )
@@ -203,8 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample a checkpoint, run directory or exported model")
     s.add_argument("checkpoint")
-    s.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
-    s.add_argument("--steps", type=int, default=32)
+    s.add_argument(
+        "--sampler",
+        default=None,
+        choices=sorted(SAMPLERS),
+        help="default: a student's own sampler, else ddim",
+    )
+    s.add_argument(
+        "--steps", type=int, default=None, help="default: a student's own steps, else 32"
+    )
     s.add_argument("--num", type=int, default=64)
     s.add_argument(
         "--grid",

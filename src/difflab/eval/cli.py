@@ -124,6 +124,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
             interval=args.interval,
             seed=args.seed,
         )
+        record.update(sampler=result.sampler, steps=result.steps, grid=result.grid)
         record.update(nfe=result.nfe, sampling_seconds=round(result.seconds, 2))
         start = time.perf_counter()
         record.update(
@@ -221,8 +222,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
     p.add_argument("checkpoint")
     p.add_argument("--metric", default="fd-lenet", help=f"comma list of {list(METRICS)}")
     p.add_argument("--num", type=int, default=10_000)
-    p.add_argument("--sampler", default="ddim", choices=sorted(SAMPLERS))
-    p.add_argument("--steps", type=int, default=50)
+    p.add_argument(
+        "--sampler",
+        default=None,
+        choices=sorted(SAMPLERS),
+        help="default: a student's own sampler, else ddim",
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="default: a student's own steps, else 32"
+    )
     p.add_argument(
         "--grid",
         default="default",

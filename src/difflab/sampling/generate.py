@@ -53,6 +53,9 @@ class Generation:
     labels: Tensor | None
     nfe: int  # denoiser evaluations per sample, guidance passes included
     seconds: float
+    sampler: str = ""
+    steps: int = 0
+    grid: str = ""  # `describe_grid`
 
 
 def generate(
@@ -90,7 +93,11 @@ def generate(
     logsnrs = resolve_grid(grid, sampler, schedule, steps)
     options = sampler_options or {}
     nfe, jvps = spec.calls(logsnrs, **options)
+    # initial noise from a CPU generator (the same images on every device); a stochastic
+    # sampler's noise from a generator on the sampling device (the samplers draw it there)
     gen = torch.Generator(device="cpu").manual_seed(seed)
+    device = torch.device(device)
+    step_gen = gen if device.type == "cpu" else torch.Generator(device=device).manual_seed(seed)
     out = []
     start = time.perf_counter()
     bar = tqdm(total=num, desc=f"{sampler} x{steps}", unit="img", disable=not progress)
@@ -102,9 +109,12 @@ def generate(
             denoise = guided_denoiser(denoise, make_denoise(), guidance, interval)
         z = torch.randn(n, *shape, generator=gen).to(device)
         with torch.inference_mode(mode=not jvps):
-            x = spec.fn(denoise, z, logsnrs, generator=gen, **options)
+            x = spec.fn(denoise, z, logsnrs, generator=step_gen, **options)
         out.append(x.float().cpu())
         bar.update(n)
     bar.close()
     nfe *= 2 if guidance != 0 else 1
-    return Generation(torch.cat(out), labels, nfe, time.perf_counter() - start)
+    seconds = time.perf_counter() - start
+    return Generation(
+        torch.cat(out), labels, nfe, seconds, sampler, steps, describe_grid(grid, sampler)
+    )
