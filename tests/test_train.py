@@ -160,6 +160,30 @@ def test_ema_update_is_the_convex_combination():
         ema.average(0.7)
 
 
+def test_ema_warmup_follows_the_schedule_and_forgets_the_initial_weights():
+    net = torch.nn.Linear(3, 2)
+    ema = EMA(net, [0.999], warmup=True)
+    assert ema.decay_at(0.999, 0) == pytest.approx(0.1)
+    assert ema.decay_at(0.999, 90) == pytest.approx(0.91)
+    assert ema.decay_at(0.999, 10**6) == 0.999
+    init = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(1.0)
+    for step in range(600):
+        ema.update(net, step)
+    # the weight left on the initial net is the product of the decays, prod (1+n)/(10+n) =
+    # 9! 600! / 609! (about 1e-20) with warm-up, against 0.999^600 = 0.55 without
+    left = math.factorial(9) * math.factorial(600) / math.factorial(609)
+    assert left < 1e-15
+    for k, v in ema.average().state_dict().items():
+        torch.testing.assert_close(v - init[k], torch.full_like(v, 1 - left), rtol=1e-5, atol=1e-6)
+    plain = EMA(torch.nn.Linear(3, 2), [0.999])
+    assert plain.decay_at(0.999, 0) == 0.999
+    with pytest.raises(ValueError, match="step"):
+        ema.update(net)
+
+
 def test_sharded_batches_split_the_global_batch_and_depend_only_on_seed_and_epoch():
     one = ShardedBatchSampler(100, 8, seed=3)
     ranks = [ShardedBatchSampler(100, 8, seed=3, rank=r, world_size=2) for r in range(2)]

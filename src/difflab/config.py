@@ -69,7 +69,8 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup to a constant `lr`, global-norm clipping and EMA copies."""
+    """AdamW with linear warmup to a constant `lr`, global-norm clipping and EMA copies
+    (`ema_warmup`: decay `min(d, (1 + n) / (10 + n))` at step `n`, see `train.ema.EMA`)."""
 
     lr: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
@@ -78,6 +79,7 @@ class OptimConfig:
     warmup_steps: int = 1000
     grad_clip: float | None = 1.0
     ema_decays: list[float] = field(default_factory=lambda: [0.999])
+    ema_warmup: bool = False
 
 
 @dataclass(frozen=True)

@@ -59,6 +59,7 @@ DISTILL_OPTIM = {
     "weight_decay": 0.0,
     "warmup_steps": 100,
     "grad_clip": 1.0,
+    "ema_warmup": True,  # students start from the teacher: forget it at the average too
     "ema_decays": [0.999],
 }
 

@@ -147,13 +147,15 @@ def train_step(
     precision: torch.dtype = torch.float32,
     ema: EMA | None = None,
     ema_source: nn.Module | None = None,
+    ema_step: int | None = None,
     dist_info: DistInfo | None = None,
 ) -> StepResult:
     """One step: mean per-example loss -> backward -> clip -> AdamW -> EMA update.
 
     A non-finite loss (averaged over ranks, so every rank agrees) skips the backward pass and
     the update; a non-finite gradient norm skips the update. Either returns `skipped=True`.
-    `ema_source` is the unwrapped net the EMA tracks (default `models["net"]`)."""
+    `ema_source` is the unwrapped net the EMA tracks (default `models["net"]`); `ema_step` the
+    0-based step that drives its warm-up."""
     optimizer.zero_grad(set_to_none=True)
     device = batch[0].device
     with autocast(device, precision):
@@ -173,7 +175,7 @@ def train_step(
         return StepResult(loss_value, grad_norm, True)
     optimizer.step()
     if ema is not None:
-        ema.update(ema_source if ema_source is not None else models["net"])
+        ema.update(ema_source if ema_source is not None else models["net"], ema_step)
     return StepResult(loss_value, grad_norm, False)
 
 
@@ -301,7 +303,11 @@ class Trainer:
         for name, module in self.extras.items():
             if name not in self.trainable_extras:
                 module.eval()  # a frozen teacher runs without dropout
-        self.ema = EMA(self.net, cfg.optim.ema_decays) if cfg.optim.ema_decays else None
+        self.ema = (
+            EMA(self.net, cfg.optim.ema_decays, warmup=cfg.optim.ema_warmup)
+            if cfg.optim.ema_decays
+            else None
+        )
         self.optimizer = make_optimizer([self.net, *self.trainable_extras.values()], cfg.optim)
         self.models = {"net": self._wrap(self.net), **self.extras}
         for name, module in self.trainable_extras.items():
@@ -549,6 +555,7 @@ class Trainer:
                     precision=self.precision,
                     ema=self.ema,
                     ema_source=self.net,
+                    ema_step=self.step,
                     dist_info=self.dist,
                 )
                 self.step += 1
