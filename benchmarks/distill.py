@@ -519,6 +519,9 @@ def mnist_setting(args) -> dict:
     store = work / "mnist.json"
     results = json.loads(store.read_text()) if store.is_file() else {}
     results["machine"] = machine()
+    command = " ".join(["python", *sys.argv])
+    if command not in results.setdefault("commands", []):
+        results["commands"].append(command)
     features, real = {}, {}
     for name in args.features:
         try:
@@ -540,6 +543,15 @@ def mnist_setting(args) -> dict:
                        sampler=sampler, steps=steps, grid=grid, labels=labels, seed=args.seed,
                        progress=False)  # fmt: skip
         return {"nfe": gen.nfe, **mnist_scores(gen.samples, features, real)}
+
+    def first_samples(path, sampler, steps, grid="default", num=20) -> Tensor:
+        """The first `num` samples of a row (same noise and labels as `evaluate`)."""
+        make, cfg = load_denoiser(path)
+        net = make.net
+        shape = (net.config.in_channels, net.config.resolution, net.config.resolution)
+        return generate(make, shape, cfg.diffusion.build_schedule(), num=num, sampler=sampler,
+                        steps=steps, grid=grid, labels=torch.arange(num) % net.config.num_classes,
+                        seed=args.seed, progress=False).samples  # fmt: skip
 
     rows = results.setdefault("teacher", {})
     teacher_plan = [(r.split("@")[0], int(r.split("@")[1])) for r in args.mnist_teacher]
@@ -581,6 +593,17 @@ def mnist_setting(args) -> dict:
         print(f"student {key}: {rows[key]}")
         save_json(store, results)
     out = Path(args.out + "_mnist")
+    from difflab.eval.plots import plot_sample_rows
+
+    images = {f"teacher {s}@{k}": first_samples(args.teacher, s, k) for s, k in teacher_plan}
+    for method, variant, k in student_plan:
+        run = work / f"{method}_{variant}_k{k}_lr{method_lr(args, f'{method}-{variant}'):g}"
+        spec = student_sampling(run)
+        images[f"{method}-{variant} student, {k} steps"] = first_samples(
+            run, spec["sampler"], spec["steps"], spec["grid"]
+        )
+    title = "Shipped MNIST teacher vs distilled students (same noise and labels, seed 0)"
+    plot_sample_rows(images, f"{out}.png", title=title)
     save_json(Path(f"{out}.json"), {"mnist": results, "args": vars(args)})
     Path(f"{out}.md").write_text(mnist_report(results, args))
     print(f"wrote {out}.md and {out}.json")
@@ -606,7 +629,39 @@ def mnist_report(results: dict, args) -> str:
             cells = [f"{r[n]:.3f}" if n in r else "" for n in names]
             lines.append(f"| {part[:-1] if part == 'students' else part} {key} | {r['nfe']} | "
                          + " | ".join(cells) + " |")  # fmt: skip
+    lines += ["", "Student training (shared 2-core CPU, one torch thread each):", ""]
+    for key, r in results.get("students", {}).items():
+        lines.append(
+            f"- {key}: {r['budget']} steps, lr {r['lr']:g}, {r['train_seconds'] / 60:.0f} min"
+        )
+    lines += ["", "Targets (fd-lenet; the issue states them for Inception FID):", ""]
+    lines += mnist_targets(results)
+    lines += ["", f"Samples: `{Path(args.out).name}_mnist.png`.", "", "Reproduce:", ""]
+    lines += [f"    {c}" for c in results.get("commands", [])]
     return "\n".join(lines) + "\n"
+
+
+def mnist_targets(results: dict) -> list[str]:
+    """8-step MMD within 10% of the teacher at 256 DDIM steps; 4-step MCM-CD better than the
+    teacher at 8 DDPM and 8 DDIM steps."""
+    teacher, students, out = results.get("teacher", {}), results.get("students", {}), []
+    mmd, ref = students.get("mmd-alternating@8"), teacher.get("ddim@256")
+    if mmd and ref:
+        ok = mmd["fd-lenet"] <= 1.1 * ref["fd-lenet"]
+        out.append(
+            f"- MMD 8 steps {mmd['fd-lenet']:.1f} vs teacher DDIM 256 steps {ref['fd-lenet']:.1f}"
+            f" (within 10%: **{'met' if ok else 'missed'}**)"
+        )
+    mcm = students.get("mcm-cd@4")
+    refs = [(k, teacher[k]) for k in ("ddim@8", "ddpm@8") if k in teacher]
+    if mcm and refs:
+        ok = all(mcm["fd-lenet"] < r["fd-lenet"] for _, r in refs)
+        vs = ", ".join(f"{k} {r['fd-lenet']:.1f}" for k, r in refs)
+        out.append(
+            f"- MCM-CD 4 steps {mcm['fd-lenet']:.1f} vs teacher {vs} "
+            f"(better than both: **{'met' if ok else 'missed'}**)"
+        )
+    return out
 
 
 # --------------------------------------------------------------------------- main
