@@ -362,3 +362,17 @@ def test_eval_cli_scores_the_shipped_model_and_rejects_a_bad_decoder_level(tmp_p
     assert record["elbo_logsnr_max"] == 15.0 and 0 < record["elbo_bits_per_dim"] < 8
     assert main(["eval", *common, "--metric", "elbo", "--elbo-logsnr-max", "30"]) == 2
     assert "--elbo-logsnr-max must lie in" in capsys.readouterr().err
+
+
+def test_eval_real_scores_held_out_images_as_the_floor(tmp_path):
+    """`difflab eval real`: real training images against the test statistics give a small
+    fd-lenet and high precision/recall, the floor a model's numbers are read against."""
+    from difflab.cli import main
+
+    out = tmp_path / "real.json"
+    args = ["eval", "real", "mnist", "--num", "500", "--metric", "fd-lenet,pr-lenet"]
+    assert main([*args, "--ref-num", "500", "--out", str(out)]) == 0
+    (record,) = json.loads(out.read_text())
+    assert record["real"] == "mnist/train" and record["reference"] == "mnist/test"
+    assert 0 < record["fd-lenet"] < 30
+    assert record["pr-lenet_precision"] > 0.6 and record["pr-lenet_recall"] > 0.6

@@ -2,6 +2,7 @@
 
     difflab eval CKPT --metric fid,kid,pr,fd-lenet --num 10000 --sampler ddim --steps 50
     difflab eval refstats mnist --split test --feature fd-lenet
+    difflab eval real mnist --split train --num 2000 --metric fid,fd-lenet   # the metric's floor
     difflab eval plot results/x.json --out results/x.png
 
 Metrics: `fid`, `kid`, `pr` use the Inception network (`difflab[fid]`); `fd-lenet`,
@@ -192,7 +193,7 @@ def checkpoint_elbo(
 def cmd_eval(args: argparse.Namespace) -> int:
     rest = args.rest
     if not rest:
-        raise ValueError("difflab eval needs a checkpoint, or `refstats` / `plot`")
+        raise ValueError("difflab eval needs a checkpoint, or `refstats` / `real` / `plot`")
     if rest[0] == "refstats":
         p = argparse.ArgumentParser(prog="difflab eval refstats")
         p.add_argument("dataset")
@@ -213,6 +214,32 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         out = a.out or str(Path(a.results).with_suffix(".png"))
         print(plot_quality_vs_nfe(read_records(a.results), out))
+        return 0
+    if rest[0] == "real":
+        p = argparse.ArgumentParser(
+            prog="difflab eval real",
+            description="score real images of a split against the reference statistics: the "
+            "floor of each metric at that sample size",
+        )
+        p.add_argument("dataset")
+        p.add_argument("--split", default="train", help="the images scored")
+        p.add_argument("--ref-split", default="test", help="the reference statistics")
+        p.add_argument("--num", type=int, default=10_000)
+        p.add_argument("--metric", default="fd-lenet", help=f"comma list of {list(FEATURE_OF)}")
+        p.add_argument("--ref-num", type=int, default=10_000)
+        p.add_argument("--out", default=None, help="JSON file to append the record to")
+        a = p.parse_args(rest[1:])
+        metrics = [m for m in parse_metrics(a.metric) if m != "elbo"]
+        images = _reference_images(a.dataset, a.split, a.num).float() / 127.5 - 1
+        record = {"real": f"{a.dataset}/{a.split}", "num": len(images),
+                  "reference": f"{a.dataset}/{a.ref_split}"}  # fmt: skip
+        start = time.perf_counter()
+        scores = feature_metrics(
+            images, metrics, dataset=a.dataset, split=a.ref_split, ref_num=a.ref_num
+        )
+        record.update(scores)
+        record["feature_seconds"] = round(time.perf_counter() - start, 2)
+        _report(record, a.out)
         return 0
     from ..cli import _interval
     from ..sampling import SAMPLERS
@@ -252,19 +279,23 @@ def cmd_eval(args: argparse.Namespace) -> int:
     p.add_argument("--out", default=None, help="JSON file to append the record to")
     a = p.parse_args(rest)
     parse_metrics(a.metric)
-    record = evaluate_checkpoint(a)
+    _report(evaluate_checkpoint(a), a.out)
+    return 0
+
+
+def _report(record: dict, out: str | None) -> None:
+    """Print `record` as a table and append it to the JSON list in `out` (if given)."""
     width = max(len(k) for k in record)
     for key, value in record.items():
         shown = f"{value:.4f}" if isinstance(value, float) else value
         print(f"{key:<{width}}  {shown}")
-    if a.out:
-        out = Path(a.out)
-        records = json.loads(out.read_text()) if out.exists() else []
+    if out:
+        path = Path(out)
+        records = json.loads(path.read_text()) if path.exists() else []
         records.append(record)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(records, indent=1))
-        print(f"appended to {out}")
-    return 0
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(records, indent=1))
+        print(f"appended to {path}")
 
 
 def add_eval_parser(subparsers) -> argparse.ArgumentParser:
