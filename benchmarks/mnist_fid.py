@@ -64,7 +64,7 @@ def render(records: list[dict], shares: dict[str, dict], num: int) -> str:
         "precision/recall use difflab's LeNet features (not FID). Machine: x86_64, 2 shared CPU",
         "cores, 1 torch thread per job, torch 2.13.0+cpu.",
         "",
-        "| row | NFE | FID | fd-lenet | precision | recall | black px | grey px | Inception s |",
+        "| row | NFE | FID | fd-lenet | precision | recall | black px | grey px | feature s |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in records:
@@ -78,7 +78,8 @@ def render(records: list[dict], shares: dict[str, dict], num: int) -> str:
         )
     lines += [
         "",
-        "black/grey px: shares of pixels <= 2/255 and in 3..49/255 on 256 samples per row.",
+        "black/grey px: shares of pixels <= 2/255 and in 3..49/255 on 256 samples per row; "
+        "feature s: seconds of feature extraction (Inception and LeNet) for the row, shared CPU.",
         "",
         "Commands:",
         "",
