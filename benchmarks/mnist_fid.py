@@ -1,12 +1,14 @@
 """Inception FID of the shipped MNIST model at a few settings, with the real-data floor.
 
 The numbers come from `difflab eval` (one JSON record per row, appended to
-`results/mnist_fid.json`); `--run` executes the commands below (about 20 min per row on one
-shared CPU core, Inception dominates), then the table is rendered to `results/mnist_fid.md`
-together with a cheap diagnostic on 256 samples per row: the share of near-black pixels
-(<= 2/255) and of faint grey ones (3-49/255), which Inception sees and LeNet hardly does.
+`results/mnist_fid.json`), the last row for the 8-step MMD student that
+`benchmarks/distill.py mnist` trains (`results/distill_mnist.md`); `--run` executes the
+commands below (about 20 min per row on one shared CPU core, Inception dominates), then the
+table is rendered to `results/mnist_fid.md` together with a cheap diagnostic on 256 samples
+per row: the share of near-black pixels (<= 2/255) and of faint grey ones (3-49/255), which
+Inception sees and LeNet hardly does.
 
-    python benchmarks/mnist_fid.py --run     # all rows (~80 min here), then the table
+    python benchmarks/mnist_fid.py --run     # all rows (~100 min here), then the table
     python benchmarks/mnist_fid.py           # only re-render the table from the JSON
 """
 
@@ -23,12 +25,14 @@ import torch
 MODEL = "src/difflab/assets/mnist_uvit.safetensors"
 ROWS = [("ddim", 8), ("dpmpp_2m", 8), ("ddim", 32)]
 METRICS = "fid,fd-lenet,pr-lenet"
+STUDENT = "runs/bench_distill/mnist/mmd_alternating_k8_lr0.0001"  # benchmarks/distill.py mnist
 
 
 def commands(num: int, out: str) -> list[list[str]]:
     common = ["--metric", METRICS, "--num", str(num), "--out", out]
     rows = [["difflab", "eval", MODEL, "--sampler", s, "--steps", str(k), *common] for s, k in ROWS]
-    return rows + [["difflab", "eval", "real", "mnist", "--split", "train", *common]]
+    student = ["difflab", "eval", STUDENT, *common]  # its recorded sampler and steps
+    return rows + [["difflab", "eval", "real", "mnist", "--split", "train", *common], student]
 
 
 def pixel_shares(images: torch.Tensor) -> dict:
@@ -48,6 +52,9 @@ def diagnostics(num: int = 256) -> dict[str, dict]:
     for sampler, steps in ROWS:
         result, _ = sample_checkpoint(MODEL, sampler=sampler, steps=steps, num=num, progress=False)
         out[f"{sampler}@{steps}"] = pixel_shares(result.samples)
+    if Path(STUDENT).is_dir():  # its recorded sampler and steps
+        result, _ = sample_checkpoint(STUDENT, num=num, progress=False)
+        out[f"{Path(STUDENT).name}: {result.sampler}@{result.steps}"] = pixel_shares(result.samples)
     images, _ = load_mnist("train")
     out["real"] = pixel_shares(torch.from_numpy(images[:num]).float() / 127.5 - 1)
     return out
@@ -69,6 +76,8 @@ def render(records: list[dict], shares: dict[str, dict], num: int) -> str:
     ]
     for r in records:
         key = r.get("real", f"{r.get('sampler')}@{r.get('steps')}")
+        if r.get("checkpoint", MODEL) != MODEL:  # another model, e.g. a distilled student
+            key = f"{Path(r['checkpoint']).name}: {key}"
         share = shares.get("real" if "real" in r else key, {})
         lines.append(
             f"| {key} | {r.get('nfe', '-')} | {r['fid']:.1f} | {r['fd-lenet']:.1f} | "
