@@ -197,8 +197,6 @@ def cmd_data(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
-    from .sampling import SAMPLERS
-    from .sampling.generate import GRID_CHOICES
 
     p = argparse.ArgumentParser(prog="difflab", description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -211,22 +209,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("sample", help="sample a checkpoint, run directory or exported model")
     s.add_argument("checkpoint")
-    s.add_argument(
-        "--sampler",
-        default=None,
-        choices=sorted(SAMPLERS),
-        help="default: a student's own sampler, else ddim",
-    )
-    s.add_argument(
-        "--steps", type=int, default=None, help="default: a student's own steps, else 32"
-    )
+    add_sampling_arguments(s)
     s.add_argument("--num", type=int, default=64)
-    s.add_argument(
-        "--grid",
-        default="default",
-        choices=GRID_CHOICES,
-        help="sampling grid ('default': the sampler's measured own)",
-    )
     s.add_argument("--label", default=None, help="class index or 'all' (default: cycle)")
     s.add_argument("--guidance", type=float, default=0.0, help="CFG weight w (0 = off)")
     s.add_argument(
@@ -263,6 +247,29 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_distill_parser(sub)
     return p
+
+
+def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
+    """`--sampler`, `--steps`, `--grid`, shared by `difflab sample` and `difflab eval` (None:
+    `sample_checkpoint`'s defaults, a student's own schedule or DDIM with 32 steps)."""
+    from .sampling import SAMPLERS
+    from .sampling.generate import GRID_CHOICES
+
+    parser.add_argument(
+        "--sampler",
+        default=None,
+        choices=sorted(SAMPLERS),
+        help="default: a student's own sampler, else ddim",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="default: a student's own steps, else 32"
+    )
+    parser.add_argument(
+        "--grid",
+        default="default",
+        choices=GRID_CHOICES,
+        help="sampling grid ('default': the sampler's measured own)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:

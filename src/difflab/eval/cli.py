@@ -241,29 +241,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         record["feature_seconds"] = round(time.perf_counter() - start, 2)
         _report(record, a.out)
         return 0
-    from ..cli import _interval
-    from ..sampling import SAMPLERS
-    from ..sampling.generate import GRID_CHOICES
+    from ..cli import _interval, add_sampling_arguments
 
     p = argparse.ArgumentParser(prog="difflab eval", description=__doc__.splitlines()[0])
     p.add_argument("checkpoint")
     p.add_argument("--metric", default="fd-lenet", help=f"comma list of {list(METRICS)}")
     p.add_argument("--num", type=int, default=10_000)
-    p.add_argument(
-        "--sampler",
-        default=None,
-        choices=sorted(SAMPLERS),
-        help="default: a student's own sampler, else ddim",
-    )
-    p.add_argument(
-        "--steps", type=int, default=None, help="default: a student's own steps, else 32"
-    )
-    p.add_argument(
-        "--grid",
-        default="default",
-        choices=GRID_CHOICES,
-        help="sampling grid ('default': the sampler's measured own)",
-    )
+    add_sampling_arguments(p)
     p.add_argument("--guidance", type=float, default=0.0)
     p.add_argument("--interval", type=_interval, default=(-math.inf, math.inf))
     p.add_argument("--dataset", default="mnist")
