@@ -136,6 +136,7 @@ class Setup:
     data: Tensor  # real data for the measured aDDIM variance table
     description: str
     oracle: GaussianMixtureOracle | None = None
+    device: torch.device = torch.device("cpu")  # where the denoiser runs (checkpoints only)
 
 
 def oracle_setup(args) -> Setup:
@@ -163,12 +164,14 @@ def oracle_setup(args) -> Setup:
 
 def checkpoint_setup(args) -> Setup:
     from difflab.data.mnist import load_mnist
+    from difflab.devices import resolve_device
     from difflab.eval.features import get_feature_extractor
     from difflab.eval.metrics import feature_stats, frechet_distance
     from difflab.eval.reference import compute_reference_stats, load_reference_stats
     from difflab.train import load_denoiser
 
-    make, cfg = load_denoiser(args.denoiser[1])
+    device = resolve_device(args.device)
+    make, cfg = load_denoiser(args.denoiser[1], device=str(device))
     net = make.net
     num_classes = net.config.num_classes
     shape = (net.config.in_channels, net.config.resolution, net.config.resolution)
@@ -179,7 +182,7 @@ def checkpoint_setup(args) -> Setup:
             return cond
         return guided_denoiser(cond, make(), args.guidance, tuple(args.interval))
 
-    extractors = {name: get_feature_extractor(name) for name in args.features}
+    extractors = {name: get_feature_extractor(name, device) for name in args.features}
     refs = {}
     for name, ex in extractors.items():
         try:
@@ -197,7 +200,7 @@ def checkpoint_setup(args) -> Setup:
         return out
 
     images, _ = load_mnist("train")
-    data = torch.from_numpy(images[: args.table_num]).float()[:, None] / 127.5 - 1
+    data = torch.from_numpy(images[: args.table_num]).float()[:, None].to(device) / 127.5 - 1
     return Setup(
         kind="checkpoint",
         make_denoise=make_denoise,
@@ -211,8 +214,9 @@ def checkpoint_setup(args) -> Setup:
             f"checkpoint {args.denoiser[1]} ({cfg.model.name}, {cfg.diffusion.prediction}-"
             f"prediction, schedule {cfg.diffusion.schedule}), guidance {args.guidance}; "
             f"metrics {', '.join('fd_' + n for n in args.features)} vs MNIST {args.ref_split} "
-            "statistics"
+            f"statistics; device {device}"
         ),
+        device=device,
     )
 
 
@@ -244,7 +248,7 @@ class Method:
         return spec.nfe(steps, **self.options), spec.jvps(steps, **self.options)
 
     def run(self, setup: Setup, denoise: Denoise, z: Tensor, steps: int, seed: int) -> Tensor:
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator(z.device).manual_seed(seed)
         if self.peer:
             from difflab.sampling.diffusers_adapter import make_scheduler, sample_with_scheduler
 
@@ -352,10 +356,15 @@ class Runner:
         for k, lo in enumerate(range(0, self.z.shape[0], self.batch)):
             z = self.z[lo : lo + self.batch]
             if self.setup.kind == "checkpoint":
-                z = z.float()
+                z = z.float().to(self.setup.device)
             labels = None if self.labels is None else self.labels[lo : lo + self.batch]
+            if labels is not None:
+                labels = labels.to(self.setup.device)
             denoise = self.setup.make_denoise(labels)
-            out.append(method.run(self.setup, denoise, z, steps, self.seed + 1000 + k).double())
+            x = method.run(self.setup, denoise, z, steps, self.seed + 1000 + k)
+            out.append(x.double().cpu())
+        if self.setup.device.type == "cuda":
+            torch.cuda.synchronize()
         return torch.cat(out), time.perf_counter() - start
 
     def row(self, method: Method, nfe: int, *, steps: int | None = None) -> Row:
@@ -386,17 +395,22 @@ def fmt(v: float) -> str:
 
 # ----------------------------------------------------------------------------- cost of a JVP
 def median_ratio(slow: Callable[[], object], fast: Callable[[], object], reps: int) -> dict:
-    """Median over interleaved repetitions of time(slow) / time(fast), after one warm-up."""
-    slow(), fast()
+    """Median over interleaved repetitions of time(slow) / time(fast), after one warm-up (CUDA
+    work is waited for inside each timing)."""
+
+    def timed(fn: Callable[[], object]) -> float:
+        start = time.perf_counter()
+        fn()
+        if torch.cuda.is_initialized():
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    timed(slow), timed(fast)
     ratios, t_fast = [], []
     for _ in range(reps):
-        t0 = time.perf_counter()
-        fast()
-        t1 = time.perf_counter()
-        slow()
-        t2 = time.perf_counter()
-        ratios.append((t2 - t1) / (t1 - t0))
-        t_fast.append(t1 - t0)
+        t_f = timed(fast)
+        ratios.append(timed(slow) / t_f)
+        t_fast.append(t_f)
     return {"ratio": statistics.median(ratios), "forward_s": statistics.median(t_fast)}
 
 
@@ -406,7 +420,7 @@ def cost_of_jvp(den: Denoise, z: Tensor, reps: int) -> dict:
     a forward-only sampler uses."""
     from difflab.nets import math_attention
 
-    level = torch.full((z.shape[0],), 0.5, dtype=z.dtype)
+    level = torch.full((z.shape[0],), 0.5, dtype=z.dtype, device=z.device)
     v = torch.randn_like(z)
 
     def fwd():
@@ -453,7 +467,7 @@ def jvp_costs(setup: Setup, reps: int) -> dict:
 
     dtype = F64 if setup.kind == "oracle" else torch.float32
     z = torch.randn(256 if setup.kind == "oracle" else 64, *setup.shape, dtype=dtype)
-    out = {setup.kind: cost_of_jvp(setup.make_denoise(None), z, reps)}
+    out = {setup.kind: cost_of_jvp(setup.make_denoise(None), z.to(setup.device), reps)}
     torch.manual_seed(0)
     net = build_net("uvit", **UVIT16).eval()
     out["uvit16"] = cost_of_jvp(as_denoiser(net, "v"), torch.randn(64, 1, 16, 16), reps)
@@ -470,8 +484,9 @@ def agreement(setup: Setup, runner: Runner, num: int = 256) -> list[dict]:
         scheduler_grid,
     )
 
-    z = runner.z[:num] if setup.kind == "oracle" else runner.z[:num].float()
-    den = setup.make_denoise(None if runner.labels is None else runner.labels[:num])
+    z = runner.z[:num] if setup.kind == "oracle" else runner.z[:num].float().to(setup.device)
+    labels = None if runner.labels is None else runner.labels[:num].to(setup.device)
+    den = setup.make_denoise(labels)
     out = []
     for peer, ours in (
         ("diffusers_dpmpp_2m", "dpmpp_2m"),
@@ -859,6 +874,9 @@ def parse_args(argv=None):
     p.add_argument("--table-num", type=int, default=2000, help="data examples for the tables")
     p.add_argument("--features", nargs="+", default=["fd-lenet"], help="checkpoint metrics")
     p.add_argument("--ref-split", default="train", help="MNIST split of the reference statistics")
+    p.add_argument(
+        "--device", default="cpu", help="checkpoint denoiser and feature nets: cpu, cuda"
+    )
     p.add_argument("--guidance", type=float, default=0.0)
     p.add_argument("--interval", type=float, nargs=2, default=[-math.inf, math.inf])
     p.add_argument("--out", default="results/samplers")

@@ -376,3 +376,48 @@ def test_eval_real_scores_held_out_images_as_the_floor(tmp_path):
     assert record["real"] == "mnist/train" and record["reference"] == "mnist/test"
     assert 0 < record["fd-lenet"] < 30
     assert record["pr-lenet_precision"] > 0.6 and record["pr-lenet_recall"] > 0.6
+
+
+def test_device_resolution_and_clear_errors():
+    """`--device auto` is CUDA when present, else the CPU; a missing or unknown device is an
+    error naming the option, never a silent fall-back."""
+    from difflab.devices import resolve_device
+
+    assert resolve_device("cpu") == torch.device("cpu")
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert resolve_device("auto").type == expected
+    with pytest.raises(ValueError, match="--device: unknown device 'gpu0'"):
+        resolve_device("gpu0")
+    with pytest.raises(ValueError, match="--device: unsupported device type 'meta'"):
+        resolve_device("meta")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="--device cuda: no CUDA device is available"):
+            resolve_device("cuda")
+
+
+def test_feature_extractors_are_cached_per_device(lenet):
+    from difflab.eval.features import get_feature_extractor
+
+    one = get_feature_extractor("fd-lenet", "cpu")
+    assert (
+        one is get_feature_extractor("fd-lenet", torch.device("cpu")) and one.device.type == "cpu"
+    )
+    images = torch.randint(0, 256, (5, 1, 28, 28), dtype=torch.uint8)
+    np.testing.assert_array_equal(one(images, progress=False), lenet(images, progress=False))
+
+
+def test_sample_cli_batches_on_the_chosen_device(tmp_path, capsys):
+    """`difflab sample --device cpu --batch-size 3` gives the images of one big batch (the
+    initial noise comes from one CPU generator), and bad values are errors naming the flag."""
+    from difflab.cli import main, sample_checkpoint, shipped_model_path
+
+    ckpt = shipped_model_path()
+    kwargs = dict(sampler="ddim", steps=3, num=7, progress=False)
+    small, _ = sample_checkpoint(ckpt, device="cpu", batch_size=3, **kwargs)
+    large, _ = sample_checkpoint(ckpt, device="cpu", batch_size=7, **kwargs)
+    torch.testing.assert_close(small.samples, large.samples, rtol=1e-4, atol=1e-4)
+    common = ["sample", str(ckpt), "--num", "2", "--steps", "2", "--out", str(tmp_path)]
+    assert main([*common, "--device", "gpu0"]) == 2
+    assert "--device: unknown device 'gpu0'" in capsys.readouterr().err
+    assert main([*common, "--batch-size", "0"]) == 2
+    assert "--batch-size must be positive" in capsys.readouterr().err

@@ -312,6 +312,19 @@ def _cli(out: Path, data: list[str], *overrides: str) -> list[str]:
     ]
 
 
+def test_time_limit_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
+    out = tmp_path / "run"
+    # a limit already used up after the first step: the run stops there, with a checkpoint
+    run_training(tiny_config(out, "train.steps=5", "train.ckpt_every=0", "train.max_minutes=1e-9"))
+    assert [p.name for p in list_checkpoints(out)] == ["step_0000001"]
+    assert events(out, "time_limit")[0]["step"] == 1
+    run_training(tiny_config(out, "train.steps=5", "train.ckpt_every=0"), resume=True)
+    assert newest_valid_checkpoint(out).step == 5
+    assert [s for s, _ in losses(out)] == [1, 2, 3, 4, 5]
+    with pytest.raises(ValueError, match="train.max_minutes"):
+        tiny_config(out, "train.max_minutes=-1")
+
+
 def test_resume_after_sigkill_repeats_the_uninterrupted_run_exactly(tmp_path, digits_npz):
     common = ["train.steps=24", "train.ckpt_every=4", "train.keep_last=2"]
     full, killed = tmp_path / "full", tmp_path / "killed"

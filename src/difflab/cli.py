@@ -67,11 +67,15 @@ def sample_checkpoint(
     seed: int = 0,
     ema: bool = True,
     progress: bool = True,
+    device: str = "auto",
+    batch_size: int = 256,
 ):
-    """Load a checkpoint/exported model and generate; returns `(Generation, cfg)`.
+    """Load a checkpoint/exported model and generate on `device` (`resolve_device`) in batches
+    of `batch_size`; returns `(Generation, cfg)`, the samples on the CPU.
 
     A distilled student samples with its recorded sampler, steps and exact levels unless
     `sampler`/`steps` are given; any other model defaults to DDIM with 32 steps."""
+    from .devices import resolve_device
     from .methods.distill import student_sampling
     from .sampling.generate import generate
     from .train import load_denoiser
@@ -81,7 +85,10 @@ def sample_checkpoint(
         sampler, steps, grid = student["sampler"], student["steps"], student["logsnrs"]
     sampler = sampler or (student["sampler"] if student else "ddim")
     steps = steps or (student["steps"] if student else 32)
-    make_denoise, cfg = load_denoiser(ckpt, ema=ema)
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be positive, got {batch_size}")
+    device = resolve_device(device)
+    make_denoise, cfg = load_denoiser(ckpt, ema=ema, device=str(device))
     net = make_denoise.net
     labels = _labels_for(num, net.config.num_classes, label)
     shape = (net.config.in_channels, net.config.resolution, net.config.resolution)
@@ -97,6 +104,8 @@ def sample_checkpoint(
         guidance=guidance,
         interval=interval,
         seed=seed,
+        batch_size=batch_size,
+        device=device,
         progress=progress,
     )
     return result, cfg
@@ -116,6 +125,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         interval=args.interval,
         seed=args.seed,
         ema=not args.no_ema,
+        device=args.device,
+        batch_size=args.batch_size,
     )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -250,8 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
-    """`--sampler`, `--steps`, `--grid`, shared by `difflab sample` and `difflab eval` (None:
-    `sample_checkpoint`'s defaults, a student's own schedule or DDIM with 32 steps)."""
+    """`--sampler`, `--steps`, `--grid`, `--device`, `--batch-size`, shared by `difflab sample`
+    and `difflab eval` (None: `sample_checkpoint`'s defaults, a student's own schedule or DDIM
+    with 32 steps)."""
+    from .devices import DEVICE_HELP
     from .sampling import SAMPLERS
     from .sampling.generate import GRID_CHOICES
 
@@ -269,6 +282,10 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         default="default",
         choices=GRID_CHOICES,
         help="sampling grid ('default': the sampler's measured own)",
+    )
+    parser.add_argument("--device", default="auto", help=DEVICE_HELP)
+    parser.add_argument(
+        "--batch-size", type=int, default=256, help="samples per sampler call (larger on a GPU)"
     )
 
 

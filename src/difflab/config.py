@@ -89,7 +89,8 @@ class RunConfig:
     (`model.kwargs.label_dropout`): the net drops labels itself in training mode.
     `precision`/`compile` `"auto"`: bf16 + torch.compile on CUDA, bf16 on CPUs with native bf16
     (AVX512-BF16/AMX), else fp32 and eager. `max_nan_steps` consecutive non-finite losses stop
-    the run (single ones are skipped and counted)."""
+    the run (single ones are skipped and counted). `max_minutes > 0` ends the run early, with a
+    checkpoint, once that much wall time has passed in this invocation (resume continues it)."""
 
     steps: int = 10_000
     seed: int = 0
@@ -103,6 +104,7 @@ class RunConfig:
     compile: bool | str = "auto"
     out_dir: str = "runs/default"
     max_nan_steps: int = 5
+    max_minutes: float = 0.0
     tensorboard: bool = True
     progress: bool = True
 
@@ -247,6 +249,7 @@ def validate_config(cfg: TrainConfig) -> None:
         _positive(getattr(t, key), f"train.{key}", allow_zero=True)
     _positive(t.keep_last, "train.keep_last")
     _positive(t.max_nan_steps, "train.max_nan_steps")
+    _positive(t.max_minutes, "train.max_minutes", allow_zero=True)
     if isinstance(t.compile, str) and t.compile != "auto":
         raise ValueError(
             f"config key train.compile must be true, false or 'auto', got {t.compile!r}"

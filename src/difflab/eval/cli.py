@@ -49,15 +49,15 @@ def _reference_images(dataset: str, split: str, num: int) -> torch.Tensor:
     return torch.from_numpy(DATASETS[dataset](split)[:num])
 
 
-def _reference_stats(dataset: str, split: str, feature: str):
+def _reference_stats(dataset: str, split: str, extractor):
     from .reference import compute_reference_stats, load_reference_stats
 
     try:
-        return load_reference_stats(dataset, split, feature)
+        return load_reference_stats(dataset, split, extractor)
     except FileNotFoundError:
-        print(f"computing {feature} reference statistics of {dataset}/{split} (cached once)")
-        compute_reference_stats(dataset, split, feature)
-        return load_reference_stats(dataset, split, feature)
+        print(f"computing {extractor.name} reference statistics of {dataset}/{split} (cached once)")
+        compute_reference_stats(dataset, split, extractor.name, device=str(extractor.device))
+        return load_reference_stats(dataset, split, extractor)
 
 
 def feature_metrics(
@@ -67,8 +67,10 @@ def feature_metrics(
     dataset: str = "mnist",
     split: str = "test",
     ref_num: int = 10_000,
+    device: str = "cpu",
 ) -> dict[str, float]:
-    """Feature-based metrics of `samples` (float in [-1, 1]) against a reference dataset."""
+    """Feature-based metrics of `samples` (float in [-1, 1]) against a reference dataset, the
+    feature networks run on `device`."""
     from .features import get_feature_extractor
     from .metrics import frechet_distance, kernel_inception_distance, precision_recall
 
@@ -78,12 +80,12 @@ def feature_metrics(
         if metric == "elbo":
             continue
         feature = FEATURE_OF[metric]
-        extractor = get_feature_extractor(feature)
+        extractor = get_feature_extractor(feature, device)
         if feature not in feats:
             feats[feature] = extractor(samples.clamp(-1, 1))
         fake = feats[feature]
         if metric in ("fid", "fd-lenet"):
-            out[metric] = frechet_distance(fake, _reference_stats(dataset, split, feature))
+            out[metric] = frechet_distance(fake, _reference_stats(dataset, split, extractor))
             continue
         ref_key = f"ref:{feature}"
         if ref_key not in feats:
@@ -100,9 +102,11 @@ def feature_metrics(
 
 def evaluate_checkpoint(args: argparse.Namespace) -> dict:
     from ..cli import sample_checkpoint
+    from ..devices import resolve_device
     from ..sampling.generate import describe_grid
 
     metrics = parse_metrics(args.metric)
+    device = str(resolve_device(args.device))
     record: dict = {
         "checkpoint": str(args.checkpoint),
         "sampler": args.sampler,
@@ -112,6 +116,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
         "num": args.num,
         "seed": args.seed,
         "reference": f"{args.dataset}/{args.split}",
+        "device": device,
     }
     sample_metrics = [m for m in metrics if m != "elbo"]
     if sample_metrics:
@@ -124,6 +129,8 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
             guidance=args.guidance,
             interval=args.interval,
             seed=args.seed,
+            device=device,
+            batch_size=args.batch_size,
         )
         record.update(sampler=result.sampler, steps=result.steps, grid=result.grid)
         record.update(nfe=result.nfe, sampling_seconds=round(result.seconds, 2))
@@ -135,6 +142,7 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
                 dataset=args.dataset,
                 split=args.split,
                 ref_num=args.ref_num,
+                device=device,
             )
         )
         record["feature_seconds"] = round(time.perf_counter() - start, 2)
@@ -147,13 +155,20 @@ def evaluate_checkpoint(args: argparse.Namespace) -> dict:
                 min(args.num, args.ref_num),
                 args.seed,
                 logsnr_max=args.elbo_logsnr_max,
+                device=device,
             )
         )
     return record
 
 
 def checkpoint_elbo(
-    ckpt, dataset: str, split: str, num: int, seed: int, logsnr_max: float | None = None
+    ckpt,
+    dataset: str,
+    split: str,
+    num: int,
+    seed: int,
+    logsnr_max: float | None = None,
+    device: str = "cpu",
 ) -> dict:
     """`{"elbo_bits_per_dim", "elbo_logsnr_max"}`: the mean ELBO in bits/dim of the first `num`
     reference images (8-bit, discretized decoder at `logsnr_max`, default the schedule's end),
@@ -164,7 +179,7 @@ def checkpoint_elbo(
     from ..train import load_denoiser
     from .likelihood import elbo
 
-    make_denoise, cfg = load_denoiser(ckpt, clip_x=1.0)
+    make_denoise, cfg = load_denoiser(ckpt, clip_x=1.0, device=device)
     schedule = cfg.diffusion.build_schedule()
     top = schedule.logsnr_max if logsnr_max is None else logsnr_max
     if not schedule.logsnr_min < top <= schedule.logsnr_max:
@@ -172,8 +187,8 @@ def checkpoint_elbo(
             f"--elbo-logsnr-max must lie in ({schedule.logsnr_min}, {schedule.logsnr_max}], "
             f"got {top}"
         )
-    images = _reference_images(dataset, split, num).float() / 127.5 - 1
-    gen = torch.Generator().manual_seed(seed)
+    images = _reference_images(dataset, split, num).float().to(device) / 127.5 - 1
+    gen = torch.Generator(device).manual_seed(seed)
     denoise = make_denoise()
     values = []
     with torch.inference_mode():
@@ -191,6 +206,8 @@ def checkpoint_elbo(
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
+    from ..devices import DEVICE_HELP, resolve_device
+
     rest = args.rest
     if not rest:
         raise ValueError("difflab eval needs a checkpoint, or `refstats` / `real` / `plot`")
@@ -200,10 +217,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
         p.add_argument("--split", default="test")
         p.add_argument("--feature", default="fd-lenet", choices=["fid", "fd-lenet"])
         p.add_argument("--num", type=int, default=None)
+        p.add_argument("--device", default="auto", help=DEVICE_HELP)
         a = p.parse_args(rest[1:])
         from .reference import compute_reference_stats
 
-        print(compute_reference_stats(a.dataset, a.split, a.feature, num=a.num))
+        device = str(resolve_device(a.device))
+        print(compute_reference_stats(a.dataset, a.split, a.feature, num=a.num, device=device))
         return 0
     if rest[0] == "plot":
         p = argparse.ArgumentParser(prog="difflab eval plot")
@@ -227,15 +246,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         p.add_argument("--num", type=int, default=10_000)
         p.add_argument("--metric", default="fd-lenet", help=f"comma list of {list(FEATURE_OF)}")
         p.add_argument("--ref-num", type=int, default=10_000)
+        p.add_argument("--device", default="auto", help=DEVICE_HELP)
         p.add_argument("--out", default=None, help="JSON file to append the record to")
         a = p.parse_args(rest[1:])
         metrics = [m for m in parse_metrics(a.metric) if m != "elbo"]
+        device = str(resolve_device(a.device))
         images = _reference_images(a.dataset, a.split, a.num).float() / 127.5 - 1
         record = {"real": f"{a.dataset}/{a.split}", "num": len(images),
-                  "reference": f"{a.dataset}/{a.ref_split}"}  # fmt: skip
+                  "reference": f"{a.dataset}/{a.ref_split}", "device": device}  # fmt: skip
         start = time.perf_counter()
         scores = feature_metrics(
-            images, metrics, dataset=a.dataset, split=a.ref_split, ref_num=a.ref_num
+            images, metrics, dataset=a.dataset, split=a.ref_split, ref_num=a.ref_num, device=device
         )
         record.update(scores)
         record["feature_seconds"] = round(time.perf_counter() - start, 2)

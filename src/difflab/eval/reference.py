@@ -83,11 +83,13 @@ def compute_reference_stats(
     *,
     num: int | None = None,
     batch_size: int | None = None,
+    device: str = "cpu",
 ) -> Path:
-    """Extract features of the first `num` images (all if None) of a split and cache their stats."""
+    """Extract features of the first `num` images (all if None) of a split on `device` and cache
+    their stats."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown reference dataset {dataset!r}; known: {sorted(DATASETS)}")
-    extractor = get_feature_extractor(feature)
+    extractor = get_feature_extractor(feature, device)
     images = DATASETS[dataset](split)
     if num is not None:
         if not 2 <= num <= len(images):

@@ -69,6 +69,13 @@ class VarianceTable:
         return out.reshape((*logsnr.shape, *vals.shape[1:]))
 
 
+def noise_like(x: Tensor, generator: torch.Generator | None) -> Tensor:
+    """`N(0, I)` shaped like `x`, drawn on the generator's device (a CPU generator gives the same
+    measurement on every device) and moved to `x`'s."""
+    device = x.device if generator is None else generator.device
+    return torch.randn(x.shape, generator=generator, dtype=x.dtype, device=device).to(x.device)
+
+
 @torch.no_grad()
 def measure_x_var(
     denoise: Denoise,
@@ -92,7 +99,7 @@ def measure_x_var(
     for level in logsnrs:
         total = 0.0
         for x in data.split(batch_size):
-            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            eps = noise_like(x, generator)
             lvl = level.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
             x_hat = denoise(diffuse(x, eps, lvl), lvl)
             total += float((x - x_hat).double().pow(2).sum())

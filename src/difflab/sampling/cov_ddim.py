@@ -46,7 +46,7 @@ from torch import Tensor
 from ..diffusion.dct import dct_matrix, radial_bands
 from ..diffusion.parameterization import Denoise, alpha_sigma, broadcast_logsnr
 from ..nets.layers import math_attention
-from .addim import VarianceTable, analytic_x_var
+from .addim import VarianceTable, analytic_x_var, noise_like
 from .ddim import Callback, ddim_step, eps_from_z, level_for, prepare_grid
 from .registry import register_sampler
 
@@ -323,7 +323,7 @@ def measure_posterior_spectrum(
     for level in logsnrs:
         total = 0.0
         for x in data.split(batch_size):
-            eps = torch.randn(x.shape, generator=generator, dtype=x.dtype).to(x.device)
+            eps = noise_like(x, generator)
             lvl = level.to(device=x.device, dtype=x.dtype).expand(x.shape[0])
             alpha, sigma = alpha_sigma(broadcast_logsnr(lvl, x))
             r = basis.to_freq(x - denoise(alpha * x + sigma * eps, lvl)).double()

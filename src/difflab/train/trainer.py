@@ -535,6 +535,7 @@ class Trainer:
         )
         losses, last_time, last_step = [], time.perf_counter(), self.step
         last_plot = time.monotonic()
+        deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes else math.inf
         self.net.train()
         try:
             while self.step < t.steps:
@@ -581,7 +582,12 @@ class Trainer:
                         loss=f"{record['loss']:.4g}", img_s=f"{rate:.0f}", refresh=False
                     )
                     losses, last_time, last_step = [], now, self.step
-                if (t.ckpt_every and self.step % t.ckpt_every == 0) or self.step == t.steps:
+                out_of_time = self._past(deadline)
+                if (
+                    (t.ckpt_every and self.step % t.ckpt_every == 0)
+                    or self.step == t.steps
+                    or out_of_time
+                ):
                     self.save()
                     if self.step == t.steps or time.monotonic() - last_plot > PLOT_INTERVAL_S:
                         self._plot()
@@ -591,6 +597,11 @@ class Trainer:
                     or (t.sample_every and self.step == t.steps)
                 ):
                     self.sample_grid()
+                if out_of_time:
+                    if logger is not None:
+                        logger.log({"step": self.step, "event": "time_limit",
+                                    "max_minutes": t.max_minutes})  # fmt: skip
+                    break
             self._log_end(logger)
         finally:
             bar.close()
@@ -646,6 +657,16 @@ class Trainer:
                 "parameters": sum(p.numel() for p in self.net.parameters()),
             }
         )
+
+    def _past(self, deadline: float) -> bool:
+        """Whether `train.max_minutes` is used up; every replica stops at the same step (rank
+        0's clock decides)."""
+        if deadline == math.inf:
+            return False
+        flag = torch.tensor(float(time.monotonic() > deadline), device=self.device)
+        if self.dist.enabled:
+            torch.distributed.broadcast(flag, src=0)
+        return bool(flag)
 
     def _log_end(self, logger: MetricsLogger | None) -> None:
         """Check that all replicas hold identical weights (EDM-style consistency check)."""

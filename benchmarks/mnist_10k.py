@@ -1,0 +1,398 @@
+"""The MNIST rows of the sampler and distillation benchmarks at full size: 10k samples per row,
+Inception FID and fd-lenet against the 10k MNIST test images, on one device (a GPU when lent).
+
+Rows, in order of priority (a `--deadline` skips what does not fit and says so):
+
+1. samplers: every method of `benchmarks/samplers.py` (ours and diffusers' schedulers, the same
+   initial noise and random labels for all) at each NFE of `--nfe`;
+2. teacher: the shipped model with `--teacher-rows` (class-balanced labels, as
+   `benchmarks/distill.py mnist`);
+3. students: distilled students (`--students`, exported `.safetensors` or run directories), each
+   with its own recorded sampler; `--train-minutes M` also distils an 8-step MMD and a 4-step
+   MCM-CD student from the teacher on this device for M minutes each (`train.max_minutes`);
+4. real: `--num` MNIST training images (the floor of each metric at this sample size);
+5. samplers at the NFE of `--extra-nfe`.
+
+Two phases, so that the feature networks need not be on the device at sampling time (the
+Inception weights, 87 MB, travel separately to a lent machine); `all` runs both:
+
+    python benchmarks/mnist_10k.py sample --device cuda --samples-dir /tmp/m10k   # + fd-lenet
+    python benchmarks/mnist_10k.py score  --device cuda --samples-dir /tmp/m10k   # + FID
+    python benchmarks/mnist_10k.py report --samples-dir runs/m10k  # -> results/mnist_10k.md|json
+
+Samples are kept as uint8 `.npz` (`<samples-dir>/<row>.npz`), the numbers in
+`<samples-dir>/rows.json` (rewritten after every row; a re-run skips finished rows).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TEACHER = "src/difflab/assets/mnist_uvit.safetensors"
+METHODS = (
+    "ddim", "ddpm", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "addim", "addim_measured",
+    "cov_ddim", "cov_ddim_det", "cov_ddim_mean_last", "cov_ddim_table",
+    "cov_ddim_table_mean_last", "diffusers_ddim", "diffusers_dpmpp_2m",
+    "diffusers_dpmpp_2m_karras", "diffusers_unipc", "diffusers_heun",
+)  # fmt: skip
+TEACHER_ROWS = ("ddim@8", "ddpm@8", "ddim@32", "ddim@256")
+GPU_STUDENTS = (("mmd", "alternating", 8), ("mcm", "cd", 4))
+
+
+def load_samplers_module():
+    """`benchmarks/samplers.py` as a module (its methods, runner and JVP timing are reused)."""
+    spec = importlib.util.spec_from_file_location("bench_samplers", ROOT / "benchmarks/samplers.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_samplers"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# --------------------------------------------------------------------------- the store
+class Store:
+    """`rows.json` in the samples folder: ordered rows with their numbers, saved atomically."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.path = folder / "rows.json"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.data = json.loads(self.path.read_text()) if self.path.is_file() else {"rows": {}}
+
+    @property
+    def rows(self) -> dict[str, dict]:
+        return self.data["rows"]
+
+    def save(self, copy_to: str | None = None) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.data, indent=1, default=str))
+        tmp.replace(self.path)
+        if copy_to:
+            Path(copy_to).mkdir(parents=True, exist_ok=True)
+            (Path(copy_to) / "rows.json").write_text(self.path.read_text())
+
+    def samples_file(self, name: str) -> Path:
+        return self.folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".npz")
+
+    def put_samples(self, name: str, images: torch.Tensor) -> np.ndarray:
+        from difflab.eval.features import to_uint8
+
+        u8 = to_uint8(images.float().clamp(-1, 1)).numpy()
+        np.savez(self.samples_file(name), images=u8)
+        return u8
+
+    def get_samples(self, name: str) -> np.ndarray:
+        with np.load(self.samples_file(name), allow_pickle=False) as f:
+            return f["images"]
+
+
+class Clock:
+    """Seconds since start against `--deadline`; rows past it are recorded as skipped."""
+
+    def __init__(self, deadline: float):
+        self.start, self.deadline = time.monotonic(), deadline
+
+    def out(self, needed: float = 0.0) -> bool:
+        """Whether the deadline has passed (or would, `needed` seconds from now)."""
+        return time.monotonic() - self.start + needed > self.deadline
+
+
+# --------------------------------------------------------------------------- scoring
+class Scorer:
+    """Frechet distance in each feature space against the MNIST test statistics, and LeNet
+    precision/recall (k = 3) against the test images' LeNet features."""
+
+    def __init__(self, features: list[str], device: str):
+        from difflab.eval.features import get_feature_extractor
+        from difflab.eval.reference import DATASETS, compute_reference_stats, load_reference_stats
+
+        self.extractors = {name: get_feature_extractor(name, device) for name in features}
+        self.refs, self.ref_seconds = {}, {}
+        for name, ex in self.extractors.items():
+            start = time.perf_counter()
+            try:
+                self.refs[name] = load_reference_stats("mnist", "test", ex)
+            except FileNotFoundError:
+                print(f"computing the {name} statistics of the MNIST test set on {device}")
+                compute_reference_stats("mnist", "test", name, device=device)
+                self.refs[name] = load_reference_stats("mnist", "test", ex)
+                self.ref_seconds[name] = time.perf_counter() - start
+        self.test_lenet = None
+        if "fd-lenet" in self.extractors:
+            test = DATASETS["mnist"]("test")
+            self.test_lenet = self.extractors["fd-lenet"](test, progress=False)
+
+    def __call__(self, images: np.ndarray) -> dict:
+        from difflab.eval.metrics import feature_stats, frechet_distance, precision_recall
+
+        out = {}
+        for name, ex in self.extractors.items():
+            start = time.perf_counter()
+            feats = ex(torch.from_numpy(images), progress=False)
+            out[name] = frechet_distance(feature_stats(feats), self.refs[name])
+            out[f"{name}_seconds"] = round(time.perf_counter() - start, 2)
+            if name == "fd-lenet":
+                pr = precision_recall(self.test_lenet, feats)
+                out["precision"], out["recall"] = pr.precision, pr.recall
+        return out
+
+
+# --------------------------------------------------------------------------- sampling phase
+def sampler_rows(args, store: Store, scorer: Scorer, clock: Clock, nfes, bench) -> None:
+    setup, runner, methods = bench
+    for nfe in nfes:
+        for method in methods:
+            name = f"sampler:{method.name}@{nfe}"
+            if "nfe" in store.rows.get(name, {}):
+                continue
+            if clock.out():
+                store.rows[name] = {"skipped": "deadline"}
+                continue
+            steps = method.steps(nfe)
+            x, seconds = runner.samples(method, steps)
+            paper_nfe, jvps = method.counts(steps)
+            row = {"group": "samplers", "method": method.name, "family": method.family,
+                   "nfe_target": nfe, "steps": steps, "nfe": paper_nfe, "jvps": jvps,
+                   "sampling_seconds": round(seconds, 2)}  # fmt: skip
+            bad = int((~torch.isfinite(x)).flatten(1).any(1).sum())
+            if bad:
+                row["nonfinite_samples"] = bad
+                x = torch.nan_to_num(x)
+            row |= scorer(store.put_samples(name, x))
+            store.rows[name] = row
+            store.save(args.out_dir)
+            print(f"{name}: {fmt_row(row)}", flush=True)
+
+
+def generated_row(args, store, scorer, clock, name: str, group: str, path, sampler, steps, grid):
+    from difflab.cli import sample_checkpoint
+
+    if "nfe" in store.rows.get(name, {}):
+        return
+    if clock.out():
+        store.rows[name] = {"skipped": "deadline"}
+        return
+    result, _ = sample_checkpoint(path, sampler=sampler, steps=steps, num=args.num, grid=grid,
+                                  seed=args.seed, device=args.device, batch_size=args.batch,
+                                  progress=False)  # fmt: skip
+    row = {"group": group, "model": str(path), "sampler": result.sampler, "steps": result.steps,
+           "grid": result.grid, "nfe": result.nfe,
+           "sampling_seconds": round(result.seconds, 2)}  # fmt: skip
+    row |= scorer(store.put_samples(name, result.samples))
+    store.rows[name] = row
+    store.save(args.out_dir)
+    print(f"{name}: {fmt_row(row)}", flush=True)
+
+
+def train_students(args, store, scorer, clock) -> None:
+    """Distil the GPU students from the teacher for `--train-minutes` each, export, score."""
+    from difflab.methods.distill import export_student, run_distillation, student_sampling
+
+    for method, variant, k in GPU_STUDENTS:
+        name = f"student:{method}-{variant}@{k} ({args.device}, {args.train_minutes:g} min)"
+        if "nfe" in store.rows.get(name, {}) or clock.out(60 * args.train_minutes + 30):
+            store.rows.setdefault(name, {"skipped": "deadline"})
+            continue
+        run = Path(args.samples_dir) / f"train_{method}_{variant}_k{k}"
+        start = time.perf_counter()
+        run_distillation(method, args.teacher, k, variant=variant, out_dir=run, resume=True,
+                         overrides=[f"train.steps={args.train_max_steps}",
+                                    f"train.max_minutes={args.train_minutes}",
+                                    f"data.batch_size={args.train_batch}",
+                                    f"optim.lr={args.train_lr}", "train.compile=false",
+                                    "train.ckpt_every=0", "train.log_every=100",
+                                    "train.progress=false", "train.tensorboard=false"])  # fmt: skip
+        seconds = time.perf_counter() - start
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        steps_done = max(r["step"] for r in records if "step" in r)
+        exported = Path(args.out_dir or args.samples_dir) / f"{run.name}.safetensors"
+        export_student(run, exported)
+        spec = student_sampling(exported)
+        generated_row(args, store, scorer, clock, name, "students", exported, spec["sampler"],
+                      spec["steps"], spec["logsnrs"])  # fmt: skip
+        store.rows[name] |= {"train_steps": steps_done, "train_seconds": round(seconds, 1),
+                             "train_batch": args.train_batch, "train_lr": args.train_lr,
+                             "images_per_s": [r["images_per_s"] for r in records
+                                              if "images_per_s" in r][-1:]}  # fmt: skip
+        store.save(args.out_dir)
+
+
+def phase_sample(args, store: Store, clock: Clock) -> None:
+    from difflab.eval.reference import DATASETS
+    from difflab.methods.distill import student_sampling
+
+    bench = load_samplers_module()
+    ns = argparse.Namespace(denoiser=["checkpoint", args.teacher], guidance=0.0,
+                            interval=[-math.inf, math.inf], features=["fd-lenet"], ref_split="test",
+                            table_num=args.table_num, device=args.device)  # fmt: skip
+    setup = bench.checkpoint_setup(ns)
+    runner = bench.Runner(setup, args.num, args.batch, args.seed)
+    methods = bench.difflab_methods(setup, args.table_levels)
+    try:
+        methods += bench.diffusers_methods()
+    except ImportError as err:  # the peers need `difflab[bench]`
+        print(f"diffusers rows skipped: {err}")
+        args.methods = [m for m in args.methods if not m.startswith("diffusers_")]
+    known = {m.name for m in methods}
+    if unknown := set(args.methods) - known:
+        raise SystemExit(f"--methods: unknown {sorted(unknown)}; known: {sorted(known)}")
+    methods = [m for name in args.methods for m in methods if m.name == name]
+    scorer = Scorer(args.features, args.device)
+    if "jvp_cost" not in store.data:
+        store.data["jvp_cost"] = bench.jvp_costs(setup, reps=7)
+        print(f"jvp cost: {store.data['jvp_cost']}", flush=True)
+    sampler_rows(args, store, scorer, clock, args.nfe, (setup, runner, methods))
+    for row in args.teacher_rows:
+        sampler, steps = row.split("@")
+        generated_row(args, store, scorer, clock, f"teacher:{row}", "teacher", args.teacher,
+                      sampler, int(steps), "default")  # fmt: skip
+    for path in args.students:
+        spec = student_sampling(path)
+        if spec is None:
+            raise SystemExit(f"--students: {path} is not a distilled student")
+        name = f"student:{Path(path).stem}"
+        generated_row(args, store, scorer, clock, name, "students", path, spec["sampler"],
+                      spec["steps"], spec["logsnrs"])  # fmt: skip
+    if "nfe" not in store.rows.get("real:train", {}):
+        images = DATASETS["mnist"]("train")[: args.num]
+        store.rows["real:train"] = {"group": "real", "nfe": 0, **scorer(images)}
+        np.savez(store.samples_file("real:train"), images=images)
+        store.save(args.out_dir)
+    if args.train_minutes > 0:
+        train_students(args, store, scorer, clock)
+    sampler_rows(args, store, scorer, clock, args.extra_nfe, (setup, runner, methods))
+
+
+# --------------------------------------------------------------------------- scoring phase
+SCORE_ORDER = ("teacher", "students", "real", "samplers")
+"""The scoring phase's priority: the distillation rows first, then the samplers at `--nfe`,
+then at `--extra-nfe` (most of its time is the Inception network)."""
+
+
+def score_order(args, rows: dict[str, dict]) -> list[str]:
+    def rank(item):
+        name, row = item
+        extra = row.get("nfe_target") not in args.nfe if row.get("group") == "samplers" else False
+        return (extra, SCORE_ORDER.index(row["group"]) if row.get("group") in SCORE_ORDER else 9)
+
+    return [name for name, _ in sorted(rows.items(), key=rank)]
+
+
+def save_reference_check(args, scorer: Scorer) -> None:
+    """For comparing this device's Inception with the CPU's: the first 1000 test images'
+    features (float32) and the device's test statistics (the covariance in two float32
+    halves, each under 16 MB)."""
+    from difflab.eval.reference import DATASETS
+
+    out = Path(args.reference_check)
+    out.mkdir(parents=True, exist_ok=True)
+    feats = scorer.extractors["fid"](DATASETS["mnist"]("test")[:1000], progress=False)
+    np.save(out / "fid_feats_test1000.npy", feats.astype(np.float32))
+    ref = scorer.refs["fid"]
+    np.save(out / "fid_ref_mu.npy", ref.mu)
+    half = len(ref.cov) // 2
+    np.save(out / "fid_ref_cov_a.npy", ref.cov[:half].astype(np.float32))
+    np.save(out / "fid_ref_cov_b.npy", ref.cov[half:].astype(np.float32))
+
+
+def phase_score(args, store: Store, clock: Clock) -> None:
+    scorer = Scorer(args.features, args.device)
+    store.data.setdefault("reference_seconds", {}).update(scorer.ref_seconds)
+    if args.reference_check and "fid" in scorer.extractors:
+        save_reference_check(args, scorer)
+    for name in score_order(args, store.rows):
+        row = store.rows[name]
+        if "nfe" not in row or all(f in row for f in args.features):
+            continue
+        if clock.out():
+            row["fid_skipped"] = "deadline"
+            continue
+        row |= scorer(store.get_samples(name))
+        store.save(args.out_dir)
+        print(f"{name}: {fmt_row(row)}", flush=True)
+
+
+# --------------------------------------------------------------------------- report
+def fmt(v) -> str:
+    if not isinstance(v, float) or not math.isfinite(v):
+        return str(v) if v is not None else ""
+    return f"{v:.3g}" if abs(v) < 10 else f"{v:.1f}"
+
+
+def fmt_row(row: dict) -> str:
+    keys = ("nfe", "jvps", "fid", "fd-lenet", "precision", "recall", "sampling_seconds")
+    return "  ".join(f"{k} {fmt(row[k])}" for k in keys if k in row)
+
+
+def machine(device: str) -> dict:
+    info = {"platform": platform.platform(), "torch": torch.__version__, "device": device}
+    if device.startswith("cuda") and torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    try:
+        import diffusers
+
+        info["diffusers"] = diffusers.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("phase", choices=("sample", "score", "all"))
+    p.add_argument("--samples-dir", required=True)
+    p.add_argument("--out-dir", default=None, help="also copy rows.json (and students) here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--teacher", default=TEACHER)
+    p.add_argument("--num", type=int, default=10_000)
+    p.add_argument("--batch", type=int, default=2500, help="samples per sampler call")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--nfe", type=int, nargs="*", default=[8, 10])
+    p.add_argument("--extra-nfe", type=int, nargs="*", default=[4, 6, 16, 32])
+    p.add_argument("--methods", nargs="*", default=list(METHODS))
+    p.add_argument("--teacher-rows", nargs="*", default=list(TEACHER_ROWS))
+    p.add_argument("--students", nargs="*", default=[])
+    p.add_argument("--features", nargs="+", default=None, help="default: sample fd-lenet, "
+                   "score fid, all both")  # fmt: skip
+    p.add_argument("--table-levels", type=int, default=121)
+    p.add_argument("--table-num", type=int, default=2000)
+    p.add_argument("--train-minutes", type=float, default=0.0)
+    p.add_argument("--train-max-steps", type=int, default=100_000)
+    p.add_argument("--train-batch", type=int, default=256)
+    p.add_argument("--train-lr", type=float, default=1e-4)
+    p.add_argument("--deadline", type=float, default=math.inf, help="seconds for this phase")
+    p.add_argument("--reference-check", default=None, help="score: save the Inception check here")
+    args = p.parse_args(argv)
+    from difflab.devices import resolve_device
+
+    args.device = str(resolve_device(args.device))
+    if args.features is None:
+        args.features = {"sample": ["fd-lenet"], "score": ["fid"]}.get(
+            args.phase, ["fd-lenet", "fid"]
+        )
+    store, clock = Store(Path(args.samples_dir)), Clock(args.deadline)
+    store.data.setdefault("machine", {})[args.phase] = machine(args.device)
+    store.data.setdefault("commands", []).append(" ".join(["python", *sys.argv]))
+    store.data.setdefault("num", args.num)
+    if args.phase in ("sample", "all"):
+        phase_sample(args, store, clock)
+    if args.phase in ("score", "all"):
+        phase_score(args, store, clock)
+    store.data.setdefault("seconds", {})[args.phase] = round(time.monotonic() - clock.start, 1)
+    store.save(args.out_dir)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
