@@ -1,4 +1,5 @@
 """Does the covariance-aware DDIM's oracle-tuned configuration transfer to a trained model?
+And does the covariance correction help on a second-order (DPM-Solver++(2M)) mean path?
 
 On the exact oracle the best `cov_ddim` uses a uniform-t grid shifted by -2 logsnr and samples
 around the mean at the last step (`docs/samplers.md`); on the shipped MNIST model that default
@@ -9,7 +10,17 @@ a sweep is affordable on a CPU), with
 DDIM and DPM-Solver++(2M) on the same noise for reference, and the JVP `cov_ddim` for the best
 setting. Metric: fd-lenet against the MNIST test statistics (our LeNet features, not FID).
 
-    python benchmarks/cov_ddim_mnist.py --num 500 --nfe 8   # -> results/cov_ddim_mnist.md|json
+Two studies, each stored under its name in results/cov_ddim_mnist.json (a run replaces its own
+study and keeps the other; the markdown shows both):
+
+- `cov_ddim`: the `cov_ddim_table` sweep over grids and rules (one NFE);
+- `cov_dpmpp`: `cov_dpmpp_2m_table` (2M mean path + tabulated covariance) over the rules,
+  `order2_weight` and `eta`, on the 2M grid and uniform-t, and `cov_dpmpp_2m` (JVP) at the best
+  table settings, at every `--nfe`, with DDIM, DPM-Solver++(2M) and the best `cov_ddim_table`
+  setting on the same noise.
+
+    python benchmarks/cov_ddim_mnist.py --num 500 --nfe 8 --jvp
+    python benchmarks/cov_ddim_mnist.py --study cov_dpmpp --num 500 --nfe 8 10 --jvp
 """
 
 from __future__ import annotations
@@ -17,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -38,15 +50,112 @@ GRIDS = {
 }
 
 
+TITLES = {
+    "cov_ddim": "Covariance-aware DDIM (`cov_ddim_table`): grid and last-step rule",
+    "cov_dpmpp": "Covariance-aware DPM-Solver++(2M) (`cov_dpmpp_2m[_table]`)",
+}
+RULES = [
+    ("deterministic", "mean"),
+    ("deterministic", "deterministic"),
+    ("stochastic", "mean"),
+    ("stochastic", "stochastic"),
+]
+
+
+def cov_ddim_study(score, table, nfes: list[int], jvp: bool) -> list[dict]:
+    """The `cov_ddim_table` sweep over grids and rules, DDIM and 2M for reference."""
+    nfe = nfes[0]
+    rows = [
+        score("ddim", GRIDS["uniform_t"], nfe),
+        score("dpmpp_2m", GRIDS["uniform_logsnr (EDM range)"], nfe),
+    ]
+    for grid in GRIDS.values():
+        for variant, final in RULES:
+            rows.append(
+                score("cov_ddim_table", grid, nfe, table=table, variant=variant, final=final)
+            )
+    best = min((r for r in rows if r["sampler"] == "cov_ddim_table"), key=lambda r: r["fd_lenet"])
+    if jvp:
+        options = {k: best["options"][k] for k in ("variant", "final")}
+        rows.append(score("cov_ddim", GRIDS[best["grid"]], nfe, **options))
+    return rows
+
+
+def cov_dpmpp_study(score, table, nfes: list[int], jvp: bool) -> list[dict]:
+    """2M mean path + covariance: rules x `order2_weight` (and `eta = 1`) on the 2M grid, the
+    best on uniform-t, then the JVP sampler at the best two table settings."""
+    two_m = GRIDS["uniform_logsnr (EDM range)"]
+    rows = []
+    for nfe in nfes:
+        rows += [
+            score("ddim", GRIDS["uniform_t"], nfe),
+            score("dpmpp_2m", two_m, nfe),
+            score(
+                "cov_ddim_table",
+                GRIDS["uniform_t"],
+                nfe,
+                table=table,
+                variant="deterministic",
+                final="mean",
+            ),
+        ]
+        sweep = []
+        for weight in (0.0, 1.0):
+            for variant, final in RULES:
+                options = {"variant": variant, "final": final, "order2_weight": weight}
+                sweep.append(score("cov_dpmpp_2m_table", two_m, nfe, table=table, **options))
+            options = {"variant": "stochastic", "final": "mean", "order2_weight": weight}
+            sweep.append(score("cov_dpmpp_2m_table", two_m, nfe, table=table, eta=1.0, **options))
+        ranked = sorted(sweep, key=lambda r: r["fd_lenet"])
+        for r in ranked[:1]:
+            sweep.append(
+                score("cov_dpmpp_2m_table", GRIDS["uniform_t"], nfe, table=table, **r["options"])
+            )
+        rows += sweep
+        if jvp:
+            for r in ranked[:2]:
+                rows.append(score("cov_dpmpp_2m", two_m, nfe, **r["options"]))
+    return rows
+
+
+def load_studies(path: Path) -> dict:
+    """The stored studies (a file from before the studies were split holds `cov_ddim`)."""
+    if not path.exists():
+        return {}
+    stored = json.loads(path.read_text())
+    if "studies" in stored:
+        return stored["studies"]
+    nfe = int(stored["command"].split("--nfe ")[1].split()[0])
+    rows = [{**r, "nfe": r.get("nfe", nfe)} for r in stored["rows"]]
+    return {"cov_ddim": {"command": stored["command"], "rows": rows}}
+
+
+def render(title: str, study: dict) -> list[str]:
+    lines = [f"## {title}", "", f"`{study['command']}`", ""]
+    lines += ["| NFE | sampler | grid | options | JVPs | fd-lenet | seconds |"]
+    lines += ["|---:|---|---|---|---:|---:|---:|"]
+    for r in study["rows"]:
+        opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
+        jvps = r.get("jvps", "-")
+        lines.append(
+            f"| {r['nfe']} | {r['sampler']} | {r['grid']} | {opts} | {jvps} | "
+            f"{r['fd_lenet']:.1f} | {r['seconds']:.0f} |"
+        )
+    return lines + [""]
+
+
 def main(argv=None) -> int:
     apply_malloc_fix()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="src/difflab/assets/mnist_uvit.safetensors")
     p.add_argument("--num", type=int, default=500)
-    p.add_argument("--nfe", type=int, default=8)
+    p.add_argument("--study", choices=("cov_ddim", "cov_dpmpp"), default="cov_ddim")
+    p.add_argument("--nfe", type=int, nargs="+", default=[8])
     p.add_argument("--table-num", type=int, default=300)
     p.add_argument("--table-levels", type=int, default=41)
-    p.add_argument("--jvp", action="store_true", help="also run cov_ddim (JVP) at the best setting")
+    p.add_argument(
+        "--jvp", action="store_true", help="also run the JVP sampler at the best setting"
+    )
     p.add_argument("--out", default="results/cov_ddim_mnist")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -67,56 +176,41 @@ def main(argv=None) -> int:
         make(), data, levels, generator=torch.Generator().manual_seed(3)
     )
 
-    def score(sampler: str, grid: GridChoice, **options) -> dict:
+    def score(sampler: str, grid: GridChoice, nfe: int, **options) -> dict:
         start = time.perf_counter()
-        logsnrs = grid.build(schedule, args.nfe)
+        logsnrs = grid.build(schedule, nfe)
         spec = get_sampler(sampler)
-        with torch.inference_mode(mode=not spec.jvps(args.nfe, **options)):
+        with torch.inference_mode(mode=not spec.jvps(nfe, **options)):
             x = spec.fn(denoise, z, logsnrs, generator=torch.Generator().manual_seed(1), **options)
         fd = frechet_distance(lenet(x.clamp(-1, 1), progress=False), ref)
         shown = {k: v for k, v in options.items() if k != "table"}
-        row = {"sampler": sampler, "grid": grid.label, "options": shown, "fd_lenet": fd}
+        row = {"sampler": sampler, "grid": grid.label, "nfe": nfe, "options": shown}
+        row |= {"jvps": spec.jvps(nfe, **options), "fd_lenet": fd}
         row["seconds"] = time.perf_counter() - start
         print(json.dumps(row), flush=True)
         return row
 
-    rows = [
-        score("ddim", GRIDS["uniform_t"]),
-        score("dpmpp_2m", GRIDS["uniform_logsnr (EDM range)"]),
-    ]
-    for grid in GRIDS.values():
-        for variant in ("stochastic", "deterministic"):
-            for final in (variant, "mean"):
-                rows.append(
-                    score("cov_ddim_table", grid, table=table, variant=variant, final=final)
-                )
-    best = min((r for r in rows if r["sampler"] == "cov_ddim_table"), key=lambda r: r["fd_lenet"])
-    if args.jvp:
-        options = {k: best["options"][k] for k in ("variant", "final")}
-        rows.append(score("cov_ddim", GRIDS[best["grid"]], **options))
+    study = cov_ddim_study if args.study == "cov_ddim" else cov_dpmpp_study
+    rows = study(score, table, args.nfe, args.jvp)
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/cov_ddim_mnist.py " + " ".join(argv or __import__("sys").argv[1:])
-    out.with_suffix(".json").write_text(json.dumps({"command": command, "rows": rows}, indent=1))
-    lines = [
-        "# Covariance-aware DDIM on the shipped MNIST model: grid and last-step rule",
-        "",
-        f"`{command}`: {args.num} samples, NFE {args.nfe}, the same noise and random labels for "
-        f"every row (seed 0); fd-lenet vs MNIST test statistics (LeNet features, not FID; small "
-        f"sample, so compare rows, not against other tables). Variance table measured on "
-        f"{args.table_num} training images at {args.table_levels} levels. Machine: "
-        f"{platform.machine()}, 2 shared CPU cores, 1 torch thread, torch {torch.__version__}.",
-        "",
-        "| sampler | grid | options | fd-lenet | seconds |",
-        "|---|---|---|---:|---:|",
-    ]
-    for r in rows:
-        opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
-        lines.append(
-            f"| {r['sampler']} | {r['grid']} | {opts} | {r['fd_lenet']:.1f} | {r['seconds']:.0f} |"
-        )
-    out.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    command = "python benchmarks/cov_ddim_mnist.py " + " ".join(argv or sys.argv[1:])
+    studies = load_studies(out.with_suffix(".json"))
+    studies[args.study] = {"command": command, "rows": rows}
+    out.with_suffix(".json").write_text(json.dumps({"studies": studies}, indent=1))
+    setup = (
+        f"{args.num} samples, the same noise and random labels for every row (seed 0); fd-lenet "
+        f"vs MNIST test statistics (LeNet features, not FID; small sample, so compare rows, not "
+        f"against other tables). Variance table measured on {args.table_num} training images at "
+        f"{args.table_levels} levels. Machine: {platform.machine()}, 2 shared CPU cores, 1 torch "
+        f"thread, torch {torch.__version__}."
+    )
+    lines = ["# Covariance-aware samplers on the shipped MNIST model", "", setup, ""]
+    for name, title in TITLES.items():
+        if name in studies:
+            lines += render(title, studies[name])
+    out.with_suffix(".md").write_text("\n".join(lines))
     print(f"wrote {out}.md")
     return 0
 

@@ -456,7 +456,9 @@ def oracle_report(results: dict, args) -> str:
         "",
         f"Students start from an MLP ({meta.get('parameters', '?')} parameters, width "
         f"{meta.get('width')}, depth {meta.get('depth')}) regressed onto the oracle's denoiser for "
-        f"{meta.get('steps')} steps (batch {meta.get('batch')}); its own samples: "
+        f"{meta.get('steps')} steps (batch {meta.get('batch')}); its own samples"
+        + (f" ({meta['scored_samples']} of them)" if "scored_samples" in meta else "")
+        + ": "
         + ", ".join(f"{k} FD {v['frechet']:.4f}" for k, v in results.get("init", {}).items())
         + f". Each student then trains for {GRID_BUDGET} steps (batch {args.batch}, Adam "
         f"beta = (0, 0.99), the learning rate in the table, EMA {args.student_ema}); cells show "

@@ -44,7 +44,8 @@ TEACHER = "src/difflab/assets/mnist_uvit.safetensors"
 METHODS = (
     "ddim", "ddpm", "heun", "dpmpp_2m", "dpmpp_3m", "unipc", "addim", "addim_measured",
     "cov_ddim", "cov_ddim_det", "cov_ddim_mean_last", "cov_ddim_table",
-    "cov_ddim_table_mean_last", "diffusers_ddim", "diffusers_dpmpp_2m",
+    "cov_ddim_table_mean_last", "cov_dpmpp_2m", "cov_dpmpp_2m_table", "cov_dpmpp_2m_table_w1",
+    "cov_dpmpp_2m_table_eta1", "sde_dpmpp_2m", "diffusers_ddim", "diffusers_dpmpp_2m",
     "diffusers_dpmpp_2m_karras", "diffusers_unipc", "diffusers_heun",
 )  # fmt: skip
 TEACHER_ROWS = ("ddim@8", "ddpm@8", "ddim@32", "ddim@256")
@@ -319,6 +320,7 @@ def phase_score(args, store: Store, clock: Clock) -> None:
             row["fid_skipped"] = "deadline"
             continue
         row |= scorer(store.get_samples(name))
+        row.pop("fid_skipped", None)
         store.save(args.out_dir)
         print(f"{name}: {fmt_row(row)}", flush=True)
 
@@ -333,6 +335,142 @@ def fmt(v) -> str:
 def fmt_row(row: dict) -> str:
     keys = ("nfe", "jvps", "fid", "fd-lenet", "precision", "recall", "sampling_seconds")
     return "  ".join(f"{k} {fmt(row[k])}" for k in keys if k in row)
+
+
+COV_FAMILY = ("cov_ddim", "cov_dpmpp")
+"""Rows of the covariance-aware samplers (every variant is reported against the target)."""
+BASELINES = ("ddim", "heun", "dpmpp_2m", "addim")
+"""The samplers the covariance-aware one must beat on MNIST (issue 5)."""
+
+
+def sampler_table(rows: dict, key: str, nfes: list[int]) -> list[str]:
+    methods = list(dict.fromkeys(r["method"] for r in rows.values()))
+    lines = ["| sampler | " + " | ".join(f"NFE {n}" for n in nfes) + " |",
+             "|---|" + "---:|" * len(nfes)]  # fmt: skip
+    for m in methods:
+        cells = []
+        for n in nfes:
+            r = rows.get(f"sampler:{m}@{n}", {})
+            cells.append(fmt(r.get(key)) + ("*" if r.get("nonfinite_samples") else ""))
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def sampler_targets(rows: dict, key: str, nfes: list[int]) -> list[str]:
+    out = []
+    for n in nfes:
+        base = [(m, rows.get(f"sampler:{m}@{n}", {}).get(key)) for m in BASELINES]
+        base = [(m, v) for m, v in base if v is not None]
+        if not base:
+            continue
+        best_m, best_v = min(base, key=lambda mv: mv[1])
+        for r in rows.values():
+            if r.get("nfe_target") != n or not r["method"].startswith(COV_FAMILY) or key not in r:
+                continue
+            ok = r[key] < best_v
+            out.append(f"- NFE {n}: `{r['method']}` {fmt(r[key])} vs the best of DDIM, Heun, "
+                       f"DPM-Solver++, aDDIM (`{best_m}` {fmt(best_v)}): "
+                       f"**{'met' if ok else 'missed'}**")  # fmt: skip
+    return out
+
+
+def distill_targets(rows: dict, key: str) -> list[str]:
+    out, ref = [], rows.get("teacher:ddim@256", {}).get(key)
+    for name, r in rows.items():
+        if r.get("group") != "students" or key not in r:
+            continue
+        if "mmd" in name and r.get("nfe") == 8 and ref is not None:
+            ok = r[key] <= 1.1 * ref
+            out.append(f"- `{name}` {fmt(r[key])} vs teacher DDIM 256 steps {fmt(ref)}: within "
+                       f"10% or better **{'met' if ok else 'missed'}**")  # fmt: skip
+        refs = [(k, rows.get(f"teacher:{k}", {}).get(key)) for k in ("ddim@8", "ddpm@8")]
+        refs = [(k, v) for k, v in refs if v is not None]
+        if "mcm-cd" in name and r.get("nfe") == 4 and refs:
+            ok = all(r[key] < v for _, v in refs)
+            vs = ", ".join(f"{k} {fmt(v)}" for k, v in refs)
+            out.append(f"- `{name}` {fmt(r[key])} vs teacher {vs}: better than both "
+                       f"**{'met' if ok else 'missed'}**")  # fmt: skip
+    return out
+
+
+def model_table(rows: dict) -> list[str]:
+    lines = ["| row | NFE | FID | fd-lenet | precision | recall | sampling s | training |",
+             "|---|---:|---:|---:|---:|---:|---:|---|"]  # fmt: skip
+    for name, r in rows.items():
+        if r.get("group") not in ("teacher", "students", "real"):
+            continue
+        train = ""
+        if "train_steps" in r:
+            train = (f"{r['train_steps']} steps, batch {r['train_batch']}, "
+                     f"{r['train_seconds'] / 60:.1f} min")  # fmt: skip
+        cells = [r.get(k) for k in ("fid", "fd-lenet", "precision", "recall", "sampling_seconds")]
+        lines.append(f"| {name} | {r.get('nfe', '')} | " + " | ".join(map(fmt, cells))
+                     + f" | {train} |")  # fmt: skip
+    return lines
+
+
+def render(data: dict, extra: list[str]) -> str:
+    rows = data["rows"]
+    samplers = {k: r for k, r in rows.items() if r.get("group") == "samplers"}
+    nfes = sorted({r["nfe_target"] for r in samplers.values()})
+    skipped = [k for k, r in rows.items() if "skipped" in r or "fid_skipped" in r]
+    machine_line = "; ".join(f"{phase}: {m.get('gpu', m['device'])}, torch {m['torch']}"
+                             for phase, m in data.get("machine", {}).items())  # fmt: skip
+    lines = [
+        "# MNIST at 10k samples: samplers, teacher and students (`benchmarks/mnist_10k.py`)",
+        "",
+        f"{data.get('num')} samples per row; FID is the standard TF-Inception FID against the "
+        "10k MNIST test images; fd-lenet, precision and recall (k = 3) are in difflab's LeNet "
+        "features (not FID). Sampler rows share one initial noise and random labels (seed 0), "
+        "teacher and student rows class-balanced labels (seed 0). NFE: paper convention (a "
+        "forward with its JVP is one evaluation; JVP rows are marked in the JSON).",
+        "",
+        f"Machine: {machine_line}.",
+        "",
+        *extra,
+        "## Teacher, distilled students and the real-data floor",
+        "",
+        *model_table(rows),
+        "",
+        "Targets (Inception FID):",
+        "",
+        *(distill_targets(rows, "fid") or ["- (no FID rows)"]),
+        "",
+        "## Samplers on the shipped model: FID",
+        "",
+        *sampler_table(samplers, "fid", nfes),
+        "",
+        "Targets (FID):",
+        "",
+        *(sampler_targets(samplers, "fid", [8, 10]) or ["- (no FID rows)"]),
+        "",
+        "## Samplers: fd-lenet",
+        "",
+        *sampler_table(samplers, "fd-lenet", nfes),
+        "",
+        f"## Samplers: wall seconds for {data.get('num')} samples (sampling only)",
+        "",
+        *sampler_table(samplers, "sampling_seconds", nfes),
+        "",
+    ]
+    if "jvp_cost" in data:
+        c = data["jvp_cost"]["checkpoint"]
+        lines += [f"A JVP of the shipped U-ViT costs {c['vs_sdpa']:.2f} forwards (SDPA forward; "
+                  f"{c['vs_math']:.2f} vs a math-attention forward; batch {c['batch']}) on "
+                  "this device.", ""]  # fmt: skip
+    if skipped:
+        lines += [f"Not run within the time limit: {', '.join(skipped)}.", ""]
+    lines += ["Commands:", "", *[f"    {c}" for c in data.get("commands", [])]]
+    return "\n".join(lines) + "\n"
+
+
+def phase_report(args) -> None:
+    data = json.loads(Path(args.samples_dir, "rows.json").read_text())
+    extra = [Path(f).read_text() for f in args.notes]
+    out = Path(args.out)
+    out.with_suffix(".json").write_text(json.dumps(data, indent=1))
+    out.with_suffix(".md").write_text(render(data, extra))
+    print(f"wrote {out}.md and .json")
 
 
 def machine(device: str) -> dict:
@@ -350,7 +488,7 @@ def machine(device: str) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("phase", choices=("sample", "score", "all"))
+    p.add_argument("phase", choices=("sample", "score", "all", "report"))
     p.add_argument("--samples-dir", required=True)
     p.add_argument("--out-dir", default=None, help="also copy rows.json (and students) here")
     p.add_argument("--device", default="auto")
@@ -373,7 +511,12 @@ def main(argv=None) -> int:
     p.add_argument("--train-lr", type=float, default=1e-4)
     p.add_argument("--deadline", type=float, default=math.inf, help="seconds for this phase")
     p.add_argument("--reference-check", default=None, help="score: save the Inception check here")
+    p.add_argument("--out", default=str(ROOT / "results" / "mnist_10k"), help="report: output")
+    p.add_argument("--notes", nargs="*", default=[], help="report: markdown files to include")
     args = p.parse_args(argv)
+    if args.phase == "report":
+        phase_report(args)
+        return 0
     from difflab.devices import resolve_device
 
     args.device = str(resolve_device(args.device))
@@ -383,7 +526,9 @@ def main(argv=None) -> int:
         )
     store, clock = Store(Path(args.samples_dir)), Clock(args.deadline)
     store.data.setdefault("machine", {})[args.phase] = machine(args.device)
-    store.data.setdefault("commands", []).append(" ".join(["python", *sys.argv]))
+    command = " ".join(["python", *sys.argv])
+    if command not in store.data.setdefault("commands", []):
+        store.data["commands"].append(command)
     store.data.setdefault("num", args.num)
     if args.phase in ("sample", "all"):
         phase_sample(args, store, clock)

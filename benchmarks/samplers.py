@@ -281,6 +281,7 @@ def difflab_methods(setup: Setup, table_levels: int) -> list[Method]:
         _unconditional(setup), setup.data, levels, generator=torch.Generator().manual_seed(3)
     )
     x_var = VarianceTable(levels.double(), 0.75 * spectrum.values.flatten(1).mean(1))
+    zero_table = VarianceTable(spectrum.logsnrs, torch.zeros_like(spectrum.values))
     return [
         Method("ddim", "difflab", "ddim"),
         Method("ddpm", "difflab", "ddpm"),
@@ -309,6 +310,35 @@ def difflab_methods(setup: Setup, table_levels: int) -> list[Method]:
             {"table": spectrum, "final": "mean"},
         ),
         Method("unipc+cov_last", "difflab", "unipc", grid=GridChoice(), hybrid_last_cov=True),
+        Method("cov_dpmpp_2m", "difflab", "cov_dpmpp_2m"),
+        Method("cov_dpmpp_2m_table", "difflab", "cov_dpmpp_2m_table", {"table": spectrum}),
+        # SDE-DPM-Solver++(2M) (eta = 1) with the covariance correction, and without it (a zero
+        # table): the control that separates the covariance's effect from the SDE's
+        Method(
+            "cov_dpmpp_2m_table_eta1",
+            "difflab",
+            "cov_dpmpp_2m_table",
+            {"table": spectrum, "eta": 1.0, "order2_weight": 1.0},
+        ),
+        Method(
+            "sde_dpmpp_2m",
+            "difflab",
+            "cov_dpmpp_2m_table",
+            {"table": zero_table, "eta": 1.0, "order2_weight": 1.0},
+        ),
+        Method(
+            "cov_dpmpp_2m_table_w1",
+            "difflab",
+            "cov_dpmpp_2m_table",
+            {"table": spectrum, "order2_weight": 1.0},
+        ),
+        Method(
+            "cov_dpmpp_2m_table_t-2",
+            "difflab",
+            "cov_dpmpp_2m_table",
+            {"table": spectrum},
+            grid=GridChoice("uniform_t", shift=-2.0),
+        ),
     ]
 
 

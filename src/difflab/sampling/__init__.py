@@ -8,6 +8,7 @@ from .cov_ddim import (
     sample_cov_ddim_table,
     tweedie_band_covariance,
 )
+from .cov_dpmpp import sample_cov_dpmpp_2m, sample_cov_dpmpp_2m_table
 from .ddim import ddim_step, sample_ddim, sample_ddpm
 from .defaults import DEFAULT_GRIDS, GridChoice, default_grid
 from .dpmpp import sample_dpmpp_2m, sample_dpmpp_3m
@@ -36,6 +37,8 @@ __all__ = [
     "sample_addim",
     "sample_cov_ddim",
     "sample_cov_ddim_table",
+    "sample_cov_dpmpp_2m",
+    "sample_cov_dpmpp_2m_table",
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",

@@ -187,21 +187,37 @@ def cov_ddim_step(
     basis: BandBasis,
     variant: str,
     noise: Tensor | None = None,
+    *,
+    eta: float = 0.0,
 ) -> Tensor:
     """One transition with the DCT-diagonal posterior variance map `c` (module docstring);
-    `noise` (standard normal, DCT coordinates) is needed for the stochastic variant."""
+    `noise` (standard normal, DCT coordinates) is needed for the stochastic variant or eta > 0.
+
+    `eta > 0` starts from DDIM(eta) (`ddim.py`): `w^2 = eta^2 sigma_s^2 (1 - e^{l_t - l_s})` of
+    the noise is fresh white noise, `eps_hat` keeps `sqrt(sigma_s^2 - w^2)`, and the slope in
+    `x` becomes `kappa = alpha_s - alpha_t sqrt(sigma_s^2 - w^2) / sigma_t` (docs/samplers.md,
+    "Covariance-aware DPM-Solver++(2M)", eq. M5)."""
     l_t, l_s = broadcast_logsnr(logsnr_t, z), broadcast_logsnr(logsnr_s, z)
     alpha_t, sigma_t = alpha_sigma(l_t)
     alpha_s, sigma_s = alpha_sigma(l_s)
-    kappa = alpha_s - alpha_t * sigma_s / sigma_t
+    keep, white = sigma_s, None
+    if eta > 0:
+        white = (eta * sigma_s) ** 2 * -torch.expm1(l_t - l_s)
+        keep = (sigma_s**2 - white).clamp_min(0).sqrt()
+    kappa = alpha_s - alpha_t * keep / sigma_t
     eps_hat = eps_from_z(z, x_hat, l_t)
     if variant == "stochastic":
-        return alpha_s * x_hat + sigma_s * eps_hat + kappa * basis.from_freq(c.sqrt() * noise)
+        out = alpha_s * x_hat + keep * eps_hat
+        if white is None:
+            return out + kappa * basis.from_freq(c.sqrt() * noise)
+        return out + basis.from_freq((white + kappa**2 * c).sqrt() * noise)
     e = basis.to_freq(eps_hat)
     energy = basis.pool(e * e).clamp_min(torch.finfo(z.dtype).tiny)
     added = basis.pool(c.expand(z.shape)) / energy
-    scale = (sigma_s**2 + kappa**2 * basis.expand(added, z.shape)).sqrt()
-    return alpha_s * x_hat + basis.from_freq(scale * e)
+    scale = (keep**2 + kappa**2 * basis.expand(added, z.shape)).sqrt()
+    if white is None:
+        return alpha_s * x_hat + basis.from_freq(scale * e)
+    return alpha_s * x_hat + basis.from_freq(scale * e + white.sqrt() * noise)
 
 
 def _check_rules(variant: str, final: str | None) -> str:
@@ -213,35 +229,113 @@ def _check_rules(variant: str, final: str | None) -> str:
     return final
 
 
+Estimate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
+"""`(z, l_t) -> (x_hat, variance map)`: one denoiser call (with or without a JVP)."""
+
+MeanPath = list[tuple[list[Tensor], float]]
+"""Per step `(weights, cov_weight)`: the step's data estimate is `sum_j weights[j] x_hat_{i-j}`
+(newest first; DDIM: `[1]`) and its variance map is `cov_weight * c` (`cov_dpmpp.py`)."""
+
+
 def _run(
     denoise: Denoise,
     z: Tensor,
     logsnrs: Tensor,
-    estimate: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]],
+    estimate: Estimate,
     basis: BandBasis,
     variant: str,
     final: str,
     generator: torch.Generator | None,
     callback: Callback | None,
+    *,
+    path: MeanPath | None = None,
+    eta: float = 0.0,
 ) -> Tensor:
     """The shared loop: `estimate(z, l_t) -> (x_hat, variance map)` at each step but a "mean"
-    last step (a plain DDIM step: `x_hat` itself at +inf, no covariance needed)."""
+    last step or a step with `cov_weight = 0` (a plain forward and DDIM(eta) step on the data
+    estimate: `x_hat` itself at +inf, no covariance needed). `path=None` is DDIM's mean path."""
     steps = logsnrs.shape[0] - 1
+    history: list[Tensor] = []  # denoiser outputs, newest first
     for i in range(steps):
         l_t, l_s = logsnrs[i], logsnrs[i + 1]
         rule = final if i == steps - 1 else variant
-        if rule == "mean":
-            x_hat = denoise(z, level_for(l_t, z))
-            z = ddim_step(z, x_hat, l_t, l_s)
+        weights, cov_weight = ([], 1.0) if path is None else path[i]
+        plain = rule == "mean" or cov_weight == 0
+        if plain:
+            x_hat, c = denoise(z, level_for(l_t, z)), None
         else:
             x_hat, c = estimate(z, l_t)
-            noise = None
-            if rule == "stochastic":
-                noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-            z = cov_ddim_step(z, x_hat, c, l_t, l_s, basis, rule, noise)
+        history = [x_hat, *history[: len(weights) - 1]]
+        x_bar = x_hat if path is None else sum(w * m for w, m in zip(weights, history))
+        noise = None
+        if (not plain and rule == "stochastic") or eta > 0:
+            noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        if plain:
+            z = ddim_step(z, x_bar, l_t, l_s, eta=eta, noise=noise)
+        else:
+            c = c if cov_weight == 1 else cov_weight * c
+            z = cov_ddim_step(z, x_bar, c, l_t, l_s, basis, rule, noise, eta=eta)
         if callback is not None:
             callback({"i": i, "z": z, "x_hat": x_hat, "logsnr": l_t})
     return z
+
+
+def tweedie_estimator(
+    denoise: Denoise,
+    z: Tensor,
+    logsnrs: Tensor,
+    *,
+    pooling: str,
+    num_bands: int | None,
+    pool_channels: bool,
+    probe: str,
+    prior_var: float | Tensor | None,
+    generator: torch.Generator | None,
+) -> tuple[BandBasis, Estimate]:
+    """Validate the JVP options (on a prepared grid) and return the basis and the estimator:
+    one forward+JVP, Hutchinson products pooled per `pooling`, clipped to `[0, prior_var]`."""
+    if probe not in PROBES:
+        raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
+    if pooling not in POOLINGS:
+        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+    if pooling != "example" and logsnrs.ndim > 1:
+        raise ValueError(f"pooling={pooling!r} needs one level for the whole batch (a 1-D grid)")
+    basis = BandBasis.for_shape(
+        tuple(z.shape), num_bands, pool_channels, device=z.device, dtype=z.dtype
+    )
+    check_level_shape(logsnrs[0], z, basis)
+    upper = None if prior_var is None else torch.as_tensor(prior_var, dtype=z.dtype).to(z.device)
+
+    def estimate(z: Tensor, l_t: Tensor) -> tuple[Tensor, Tensor]:
+        u = draw_probe(z.shape, probe, generator, z)
+        x_hat, products = tweedie_probe(denoise, z, l_t, basis, u)
+        c = pooled_covariance(products, u, basis, pooling).clamp_min(0)
+        return x_hat, c if upper is None else torch.minimum(c, upper)
+
+    return basis, estimate
+
+
+def table_estimator(
+    denoise: Denoise,
+    z: Tensor,
+    table: VarianceTable | None,
+    num_bands: int | None,
+    pool_channels: bool,
+) -> tuple[BandBasis, Estimate]:
+    """The basis and the JVP-free estimator: one forward and the tabulated spectrum at `l_t`
+    (None: aDDIM's analytic `x_var`, flat over frequencies)."""
+    basis = BandBasis.for_shape(
+        tuple(z.shape), num_bands, pool_channels, device=z.device, dtype=z.dtype
+    )
+
+    def estimate(z: Tensor, l_t: Tensor) -> tuple[Tensor, Tensor]:
+        x_hat = denoise(z, level_for(l_t, z))
+        if table is None:
+            return x_hat, broadcast_logsnr(analytic_x_var(l_t), z)
+        c = table(l_t)  # [*level, C or 1, H, W]
+        return x_hat, c if l_t.ndim else c.unsqueeze(0)
+
+    return basis, estimate
 
 
 @register_sampler(
@@ -274,25 +368,18 @@ def sample_cov_ddim(
     "example" with `num_bands` of 8-16 for batch-independent samples).
     """
     final = _check_rules(variant, final)
-    if probe not in PROBES:
-        raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
-    if pooling not in POOLINGS:
-        raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     logsnrs = prepare_grid(z, logsnrs)
-    if pooling != "example" and logsnrs.ndim > 1:
-        raise ValueError(f"pooling={pooling!r} needs one level for the whole batch (a 1-D grid)")
-    basis = BandBasis.for_shape(
-        tuple(z.shape), num_bands, pool_channels, device=z.device, dtype=z.dtype
+    basis, estimate = tweedie_estimator(
+        denoise,
+        z,
+        logsnrs,
+        pooling=pooling,
+        num_bands=num_bands,
+        pool_channels=pool_channels,
+        probe=probe,
+        prior_var=prior_var,
+        generator=generator,
     )
-    check_level_shape(logsnrs[0], z, basis)
-    upper = None if prior_var is None else torch.as_tensor(prior_var, dtype=z.dtype).to(z.device)
-
-    def estimate(z: Tensor, l_t: Tensor) -> tuple[Tensor, Tensor]:
-        u = draw_probe(z.shape, probe, generator, z)
-        x_hat, products = tweedie_probe(denoise, z, l_t, basis, u)
-        c = pooled_covariance(products, u, basis, pooling).clamp_min(0)
-        return x_hat, c if upper is None else torch.minimum(c, upper)
-
     return _run(denoise, z, logsnrs, estimate, basis, variant, final, generator, callback)
 
 
@@ -356,15 +443,5 @@ def sample_cov_ddim_table(
     """
     final = _check_rules(variant, final)
     logsnrs = prepare_grid(z, logsnrs)
-    basis = BandBasis.for_shape(
-        tuple(z.shape), num_bands, pool_channels, device=z.device, dtype=z.dtype
-    )
-
-    def estimate(z: Tensor, l_t: Tensor) -> tuple[Tensor, Tensor]:
-        x_hat = denoise(z, level_for(l_t, z))
-        if table is None:
-            return x_hat, broadcast_logsnr(analytic_x_var(l_t), z)
-        c = table(l_t)  # [*level, C or 1, H, W]
-        return x_hat, c if l_t.ndim else c.unsqueeze(0)
-
+    basis, estimate = table_estimator(denoise, z, table, num_bands, pool_channels)
     return _run(denoise, z, logsnrs, estimate, basis, variant, final, generator, callback)
