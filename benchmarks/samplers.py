@@ -253,7 +253,7 @@ class Method:
             from difflab.sampling.diffusers_adapter import make_scheduler, sample_with_scheduler
 
             scheduler = make_scheduler(self.peer, setup.schedule, **self.options)
-            return sample_with_scheduler(scheduler, denoise, z, steps)
+            return sample_with_scheduler(scheduler, denoise, z, steps, generator=gen)
         grid = (self.grid or DEFAULT_GRIDS.get(self.sampler, GridChoice())).build(
             setup.schedule, steps
         )
@@ -287,6 +287,7 @@ def difflab_methods(setup: Setup, table_levels: int) -> list[Method]:
         Method("ddpm", "difflab", "ddpm"),
         Method("heun", "difflab", "heun"),
         Method("dpmpp_2m", "difflab", "dpmpp_2m"),
+        Method("dpmpp_2m_sde", "difflab", "dpmpp_2m_sde"),
         Method("dpmpp_3m", "difflab", "dpmpp_3m"),
         Method("unipc", "difflab", "unipc"),
         Method("unipc_3", "difflab", "unipc", {"order": 3}),

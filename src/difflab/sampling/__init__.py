@@ -8,7 +8,7 @@ from .cov_ddim import (
     sample_cov_ddim_table,
     tweedie_band_covariance,
 )
-from .cov_dpmpp import sample_cov_dpmpp_2m, sample_cov_dpmpp_2m_table
+from .cov_dpmpp import sample_cov_dpmpp_2m, sample_cov_dpmpp_2m_table, sample_dpmpp_2m_sde
 from .ddim import ddim_step, sample_ddim, sample_ddpm
 from .defaults import DEFAULT_GRIDS, GridChoice, default_grid
 from .dpmpp import sample_dpmpp_2m, sample_dpmpp_3m
@@ -42,6 +42,7 @@ __all__ = [
     "sample_ddim",
     "sample_ddpm",
     "sample_dpmpp_2m",
+    "sample_dpmpp_2m_sde",
     "sample_dpmpp_3m",
     "sample_euler",
     "sample_heun",

@@ -86,6 +86,7 @@ DEFAULT_GRIDS: dict[str, GridChoice] = {
     "cov_ddim": GridChoice("uniform_t", shift=-2.0),
     "cov_ddim_table": GridChoice("uniform_t", shift=-2.0),
     # 2M's grid: on the MNIST U-ViT 30.0 vs 56.8 on uniform-t (results/cov_ddim_mnist.md)
+    "dpmpp_2m_sde": GridChoice("uniform_logsnr", edm_range=True),  # 2M's (not studied apart)
     "cov_dpmpp_2m": GridChoice("uniform_logsnr", edm_range=True),
     "cov_dpmpp_2m_table": GridChoice("uniform_logsnr", edm_range=True),
 }

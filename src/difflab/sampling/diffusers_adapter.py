@@ -31,6 +31,7 @@ diffusers is an optional dependency (`pip install 'difflab[bench]'`); it is impo
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import numpy as np
@@ -51,6 +52,10 @@ PEERS: dict[str, tuple[str, dict]] = {
     "diffusers_dpmpp_2m_karras": (
         "DPMSolverMultistepScheduler",
         {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
+    ),
+    "diffusers_dpmpp_2m_sde": (
+        "DPMSolverMultistepScheduler",
+        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
     ),
     "diffusers_unipc": ("UniPCMultistepScheduler", {"solver_type": "bh2", "predict_x0": True}),
     "diffusers_heun": ("HeunDiscreteScheduler", {}),
@@ -131,9 +136,12 @@ def scheduler_grid(scheduler, steps: int) -> Tensor:
 
 
 @torch.no_grad()
-def sample_with_scheduler(scheduler, denoise: Denoise, z: Tensor, steps: int) -> Tensor:
+def sample_with_scheduler(
+    scheduler, denoise: Denoise, z: Tensor, steps: int, generator: torch.Generator | None = None
+) -> Tensor:
     """Run `scheduler` for `steps` inference steps from the noise `z` (variance preserving, at the
-    level of timestep `N - 1`) with `denoise`; returns the final sample `x`."""
+    level of timestep `N - 1`) with `denoise`; returns the final sample `x`. `generator` feeds
+    the step noise of a stochastic scheduler (those whose `step` takes one)."""
     prediction = _prediction_of(scheduler)
     scheduler.set_timesteps(steps)
     if hasattr(scheduler, "set_begin_index"):
@@ -141,11 +149,13 @@ def sample_with_scheduler(scheduler, denoise: Denoise, z: Tensor, steps: int) ->
         # and diffusers' lookup of the first index by value would then skip a step
         scheduler.set_begin_index(0)
     sample = z * scheduler.init_noise_sigma
+    takes_generator = "generator" in inspect.signature(scheduler.step).parameters
+    noise = {"generator": generator} if generator is not None and takes_generator else {}
     for i, t in enumerate(scheduler.timesteps):
         z_vp = scheduler.scale_model_input(sample, t)
         logsnr = scheduler_logsnr(scheduler, i, t).to(device=z.device, dtype=z.dtype)
         level = logsnr.expand(z.shape[0])
         x_hat = denoise(z_vp, level)
         out = prediction_from_x(z_vp, x_hat, level, prediction)
-        sample = scheduler.step(out, t, sample).prev_sample
+        sample = scheduler.step(out, t, sample, **noise).prev_sample
     return sample
