@@ -388,7 +388,9 @@ def sampler_targets(rows: dict, key: str, nfes: list[int], spread: float) -> lis
     return out
 
 
-def distill_targets(rows: dict, key: str) -> list[str]:
+def distill_targets(rows: dict, key: str, spread: float) -> list[str]:
+    """MMD 8 steps within 10% of the teacher's 256 DDIM steps; MCM-CD 4 steps better than the
+    teacher at 8 DDIM and 8 DDPM steps (by more than the seed spread, else a tie)."""
     out, ref = [], rows.get("teacher:ddim@256", {}).get(key)
     for name, r in rows.items():
         if r.get("group") != "students" or key not in r:
@@ -398,12 +400,9 @@ def distill_targets(rows: dict, key: str) -> list[str]:
             out.append(f"- `{name}` {fmt(r[key])} vs teacher DDIM 256 steps {fmt(ref)}: within "
                        f"10% or better **{'met' if ok else 'missed'}**")  # fmt: skip
         refs = [(k, rows.get(f"teacher:{k}", {}).get(key)) for k in ("ddim@8", "ddpm@8")]
-        refs = [(k, v) for k, v in refs if v is not None]
-        if "mcm-cd" in name and r.get("nfe") == 4 and refs:
-            ok = all(r[key] < v for _, v in refs)
-            vs = ", ".join(f"{k} {fmt(v)}" for k, v in refs)
-            out.append(f"- `{name}` {fmt(r[key])} vs teacher {vs}: better than both "
-                       f"**{'met' if ok else 'missed'}**")  # fmt: skip
+        if "mcm" in name and r.get("nfe") == 4 and all(v is not None for _, v in refs):
+            vs = "; ".join(f"{k} {fmt(v)}: {verdict(r[key], v, spread)}" for k, v in refs)
+            out.append(f"- `{name}` {fmt(r[key])} vs teacher {vs}")
     return out
 
 
@@ -449,7 +448,7 @@ def render(data: dict, extra: list[str]) -> str:
         "",
         "Targets (Inception FID):",
         "",
-        *(distill_targets(rows, "fid") or ["- (no FID rows)"]),
+        *(distill_targets(rows, "fid", spread) or ["- (no FID rows)"]),
         "",
         "## Samplers on the shipped model: FID",
         "",
@@ -482,13 +481,54 @@ def render(data: dict, extra: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merged_eval_rows(files: list[str]) -> dict[str, dict]:
+    """Student rows from `difflab eval STUDENT --metric fid,fd-lenet,pr-lenet` records (the same
+    class-balanced labels and seed as this script's teacher and student rows), e.g. a student
+    scored on a CPU after the GPU run."""
+    rows = {}
+    for file in files:
+        for r in json.loads(Path(file).read_text()):
+            rows[f"student:{Path(r['checkpoint']).name} ({r.get('device', 'cpu')})"] = {
+                "group": "students", "model": r["checkpoint"], "sampler": r["sampler"],
+                "steps": r["steps"], "nfe": r["nfe"], "fid": r["fid"], "fd-lenet": r["fd-lenet"],
+                "precision": r["pr-lenet_precision"], "recall": r["pr-lenet_recall"],
+                "sampling_seconds": r["sampling_seconds"], "from": file,
+            }  # fmt: skip
+    return rows
+
+
 def phase_report(args) -> None:
-    data = json.loads(Path(args.samples_dir, "rows.json").read_text())
+    source = Path(args.samples_dir)
+    data = json.loads((source / "rows.json" if source.is_dir() else source).read_text())
+    data["rows"] |= merged_eval_rows(args.merge_eval)
+    command = " ".join(["python", *sys.argv])
+    if command not in data.setdefault("commands", []):
+        data["commands"].append(command)
     extra = [Path(f).read_text() for f in args.notes]
     out = Path(args.out)
     out.with_suffix(".json").write_text(json.dumps(data, indent=1))
     out.with_suffix(".md").write_text(render(data, extra))
-    print(f"wrote {out}.md and .json")
+    plot(data["rows"], out.with_suffix(".png"))
+    print(f"wrote {out}.md, .json and .png")
+
+
+PLOTTED = (
+    "ddim", "ddpm", "dpmpp_2m", "sde_dpmpp_2m", "unipc", "addim", "cov_ddim",
+    "cov_ddim_mean_last", "cov_dpmpp_2m_table", "diffusers_dpmpp_2m_karras", "diffusers_unipc",
+)  # fmt: skip
+"""The samplers drawn in the plot (Heun diverges at these NFE and would flatten the axes)."""
+
+
+def plot(rows: dict, path: Path) -> None:
+    from difflab.eval.plots import plot_quality_vs_nfe
+
+    records = [
+        {"sampler": r["method"], "nfe": r["nfe"], "FID": r.get("fid"), "fd-lenet": r["fd-lenet"]}
+        for r in rows.values()
+        if r.get("group") == "samplers" and r["method"] in PLOTTED and "fd-lenet" in r
+    ]
+    plot_quality_vs_nfe(records, path, metrics=["FID", "fd-lenet"],
+                        title="Shipped MNIST U-ViT, 10k samples per point")  # fmt: skip
 
 
 def machine(device: str) -> dict:
@@ -531,6 +571,7 @@ def main(argv=None) -> int:
     p.add_argument("--reference-check", default=None, help="score: save the Inception check here")
     p.add_argument("--out", default=str(ROOT / "results" / "mnist_10k"), help="report: output")
     p.add_argument("--notes", nargs="*", default=[], help="report: markdown files to include")
+    p.add_argument("--merge-eval", nargs="*", default=[], help="report: difflab eval JSON files")
     args = p.parse_args(argv)
     if args.phase == "report":
         phase_report(args)

@@ -76,9 +76,11 @@ def plot_quality_vs_nfe(
             value = record.get(metric)
             if isinstance(value, int | float) and math.isfinite(value):
                 groups.setdefault(str(record[group]), []).append((record["nfe"], value))
-        for name, points in groups.items():
+        colors = plt.get_cmap("tab10" if len(groups) <= 10 else "tab20").colors
+        for k, (name, points) in enumerate(groups.items()):
             nfe, value = zip(*sorted(points))
-            ax.plot(nfe, value, marker="o", label=name)
+            ax.plot(nfe, value, marker="os^D"[k // len(colors) % 4], color=colors[k % len(colors)],
+                    label=name)  # fmt: skip
         values = [v for points in groups.values() for _, v in points]
         ax.set_xscale("log")
         ax.set_xticks(sorted({n for points in groups.values() for n, _ in points}))
