@@ -27,12 +27,22 @@ step but a `final="mean"` last step and, with `order2_weight=0`, the second-orde
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import Tensor
 
 from ..diffusion.parameterization import Denoise
 from .addim import VarianceTable
-from .cov_ddim import MeanPath, _check_rules, _run, table_estimator, tweedie_estimator
+from .cov_ddim import (
+    BandBasis,
+    Estimate,
+    MeanPath,
+    _check_rules,
+    _run,
+    table_estimator,
+    tweedie_estimator,
+)
 from .ddim import Callback, prepare_grid
 from .dpmpp import LOWER_ORDER_FINAL_BELOW, dpmpp_plan, multistep_orders
 from .registry import register_sampler
@@ -87,6 +97,29 @@ def _count_jvps(
     return sum(uses_cov)
 
 
+def _run_2m(
+    denoise: Denoise,
+    z: Tensor,
+    logsnrs: Tensor,
+    estimator: Callable[[Tensor], tuple[BandBasis, Estimate]],
+    variant: str,
+    final: str | None,
+    order2_weight: float,
+    eta: float,
+    lower_order_final: bool,
+    generator: torch.Generator | None,
+    callback: Callback | None,
+) -> Tensor:
+    """Validate the options, build the basis and estimator on the prepared grid, and run the
+    shared loop on the 2M mean path (eq. M2)."""
+    final = check_options(variant, final, order2_weight, eta)
+    grid = prepare_grid(z, logsnrs)
+    basis, estimate = estimator(grid)
+    path = multistep_path(z, logsnrs, lower_order_final, order2_weight)  # host grid
+    rules = (variant, final, generator, callback)
+    return _run(denoise, z, grid, estimate, basis, *rules, path=path, eta=eta)
+
+
 @register_sampler("cov_dpmpp_2m", jvps=_count_jvps, stochastic=True)
 def sample_cov_dpmpp_2m(
     denoise: Denoise,
@@ -114,22 +147,14 @@ def sample_cov_dpmpp_2m(
     0 skips their JVPs); `eta` in [0, 1]: DDIM(eta) white noise (1: SDE-DPM-Solver++(2M));
     `lower_order_final` as in `dpmpp_2m`. With a zero covariance it is `dpmpp_2m`.
     """
-    final = check_options(variant, final, order2_weight, eta)
-    grid = prepare_grid(z, logsnrs)
-    basis, estimate = tweedie_estimator(
-        denoise,
-        z,
-        grid,
-        pooling=pooling,
-        num_bands=num_bands,
-        pool_channels=pool_channels,
-        probe=probe,
-        prior_var=prior_var,
-        generator=generator,
-    )
-    path = multistep_path(z, logsnrs, lower_order_final, order2_weight)  # host grid
-    rules = (variant, final, generator, callback)
-    return _run(denoise, z, grid, estimate, basis, *rules, path=path, eta=eta)
+
+    def estimator(grid: Tensor):
+        return tweedie_estimator(denoise, z, grid, pooling=pooling, num_bands=num_bands,
+                                 pool_channels=pool_channels, probe=probe, prior_var=prior_var,
+                                 generator=generator)  # fmt: skip
+
+    rules = (variant, final, order2_weight, eta, lower_order_final, generator, callback)
+    return _run_2m(denoise, z, logsnrs, estimator, *rules)
 
 
 @register_sampler("cov_dpmpp_2m_table", stochastic=True)
@@ -155,12 +180,12 @@ def sample_cov_dpmpp_2m_table(
     `table`: `measure_posterior_spectrum` of the model (None: aDDIM's analytic `x_var`); the
     other options as in `cov_dpmpp_2m`. Works with per-example levels.
     """
-    final = check_options(variant, final, order2_weight, eta)
-    grid = prepare_grid(z, logsnrs)
-    basis, estimate = table_estimator(denoise, z, table, num_bands, pool_channels)
-    path = multistep_path(z, logsnrs, lower_order_final, order2_weight)  # host grid
-    rules = (variant, final, generator, callback)
-    return _run(denoise, z, grid, estimate, basis, *rules, path=path, eta=eta)
+
+    def estimator(_grid: Tensor):
+        return table_estimator(denoise, z, table, num_bands, pool_channels)
+
+    rules = (variant, final, order2_weight, eta, lower_order_final, generator, callback)
+    return _run_2m(denoise, z, logsnrs, estimator, *rules)
 
 
 @register_sampler("dpmpp_2m_sde", stochastic=True)

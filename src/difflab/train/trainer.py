@@ -661,11 +661,11 @@ class Trainer:
     def _past(self, deadline: float) -> bool:
         """Whether `train.max_minutes` is used up; every replica stops at the same step (rank
         0's clock decides)."""
-        if deadline == math.inf:
-            return False
-        flag = torch.tensor(float(time.monotonic() > deadline), device=self.device)
-        if self.dist.enabled:
-            torch.distributed.broadcast(flag, src=0)
+        past = time.monotonic() > deadline
+        if deadline == math.inf or not self.dist.enabled:
+            return past  # no tensor, no device sync
+        flag = torch.tensor(float(past), device=self.device)
+        torch.distributed.broadcast(flag, src=0)
         return bool(flag)
 
     def _log_end(self, logger: MetricsLogger | None) -> None:
