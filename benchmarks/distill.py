@@ -255,13 +255,13 @@ def init_stage(oracle, schedule, results: dict, args, save) -> nn.Module:
     init = trainer.ema.average().eval()
     rows = results.setdefault("init", {})
     denoise = as_denoiser(init, "v")
-    for sampler, steps in [("ddim", 8), ("ddim", 32), ("ddim", 256), ("ddpm", 8)]:
-        key = f"{sampler}@{steps}"
-        if key not in rows:
+    earlier = results.get("init_meta", {}).get("scored_samples", args.samples)
+    for key in args.init_rows:
+        sampler, steps = key.split("@")
+        if rows.get(key, {}).get("samples", earlier) != args.samples or key not in rows:
             with torch.inference_mode():
-                rows[key] = score(
-                    sample_net(denoise, oracle, schedule, sampler, steps, args), oracle
-                )
+                x = sample_net(denoise, oracle, schedule, sampler, int(steps), args)
+            rows[key] = score(x, oracle) | {"samples": args.samples}
             print(f"init {key:>10}: FD {rows[key]['frechet']:.4f}  TV {rows[key]['mode_tv']:.3f}")
             save()
     results["init_meta"].update(
@@ -290,8 +290,10 @@ def student_methods(args) -> dict:
     }
 
 
-def students_key(budget: int) -> str:
-    return "students" if budget == GRID_BUDGET else f"students_{budget}"
+def students_key(budget: int, decay: str = "constant") -> str:
+    """Where the students of a training budget and learning-rate decay are stored."""
+    suffix = "" if decay == "constant" else f"_{decay}"
+    return "students" if (budget, suffix) == (GRID_BUDGET, "") else f"students_{budget}{suffix}"
 
 
 def method_lr(args, name: str) -> float:
@@ -313,7 +315,7 @@ def students_stage(oracle, schedule, init: nn.Module, results: dict, args, save)
     # matches the init MLP (1.7M parameters), which was trained to the oracle's denoiser with
     # the v-MSE weighting, its stationary point (see results/distill.md).
     net_teacher = Teacher(copy.deepcopy(init), "v", schedule, v_mse_weight)
-    rows = results.setdefault(students_key(args.student_budget), {})
+    rows = results.setdefault(students_key(args.student_budget, args.lr_decay), {})
     methods = student_methods(args)
     for name in args.methods:
         use_net = name.startswith("mmd-param") and args.param_teacher == "net"
@@ -323,16 +325,16 @@ def students_stage(oracle, schedule, init: nn.Module, results: dict, args, save)
             lr = method_lr(args, name)
             method_cfg = methods[name](k)
             done = rows.get(key, {})
-            if (done.get("budget"), done.get("lr"), done.get("config"), done.get("teacher")) == (
-                args.student_budget,
-                lr,
-                dataclasses.asdict(method_cfg),
-                "init-net" if use_net else "oracle",
-            ):
+            setting = (args.student_budget, lr, dataclasses.asdict(method_cfg),
+                       "init-net" if use_net else "oracle", args.lr_decay)  # fmt: skip
+            if setting == (done.get("budget"), done.get("lr"), done.get("config"),
+                           done.get("teacher"), done.get("decay", "constant")):  # fmt: skip
                 continue
             tag = "_net" if use_net else ""
             if args.student_budget != GRID_BUDGET:
                 tag += f"_s{args.student_budget}"
+            if args.lr_decay != "constant":
+                tag += f"_{args.lr_decay}"
             run = Path(args.work_dir) / "students" / f"{name}{tag}_k{k}_lr{lr:g}_b{args.batch}"
             cfg = run_config(
                 run,
@@ -342,6 +344,7 @@ def students_stage(oracle, schedule, init: nn.Module, results: dict, args, save)
                 betas=[0.0, 0.99],
                 eps=1e-12,
                 ema_decays=[args.student_ema],
+                decay=args.lr_decay,
             )
             torch.manual_seed(args.seed)
             dataset = make_dataset(cfg.data.name, cfg.data.split, **cfg.data.kwargs)
@@ -351,7 +354,8 @@ def students_stage(oracle, schedule, init: nn.Module, results: dict, args, save)
             seconds = time.perf_counter() - start
             row = {"budget": args.student_budget, "train_seconds": seconds, "lr": lr,
                    "ema": args.student_ema, "config": dataclasses.asdict(method_cfg),
-                   "teacher": "init-net" if use_net else "oracle"}  # fmt: skip
+                   "teacher": "init-net" if use_net else "oracle",
+                   "decay": args.lr_decay}  # fmt: skip
             for which, net in (("ema", trainer.ema.average()), ("raw", trainer.net)):
                 net.eval()
                 gen = torch.Generator().manual_seed(args.seed)
@@ -457,19 +461,25 @@ def oracle_report(results: dict, args) -> str:
         f"Students start from an MLP ({meta.get('parameters', '?')} parameters, width "
         f"{meta.get('width')}, depth {meta.get('depth')}) regressed onto the oracle's denoiser for "
         f"{meta.get('steps')} steps (batch {meta.get('batch')}); its own samples"
-        + (f" ({meta['scored_samples']} of them)" if "scored_samples" in meta else "")
+        + (f" ({meta['scored_samples']} each unless marked)" if "scored_samples" in meta else "")
         + ": "
-        + ", ".join(f"{k} FD {v['frechet']:.4f}" for k, v in results.get("init", {}).items())
+        + ", ".join(
+            f"{k} FD {v['frechet']:.4f}" + (f" ({v['samples']} samples)" if "samples" in v else "")
+            for k, v in results.get("init", {}).items()
+        )
         + f". Each student then trains for {GRID_BUDGET} steps (batch {args.batch}, Adam "
         f"beta = (0, 0.99), the learning rate in the table, EMA {args.student_ema}); cells show "
         "the EMA student's Frechet distance / mode TV (raw weights in the JSON).",
         "",
     ]
-    budgets = sorted(int(k.split("_")[1]) for k in results if k.startswith("students_"))
-    for budget in (GRID_BUDGET, *budgets):
-        students = results.get(students_key(budget), {})
-        if budget != GRID_BUDGET:
-            lines += [f"### Longer training: {budget} steps", ""]
+    extra = sorted(k for k in results if k.startswith("students_"))
+    extra.sort(key=lambda k: (int(k.split("_")[1]), k))
+    for key in ("students", *extra):
+        students = results.get(key, {})
+        if key != "students":
+            budget, _, decay = key.removeprefix("students_").partition("_")
+            decay = f", {decay} learning-rate decay to 0" if decay else ""
+            lines += [f"### Longer training: {budget} steps{decay}", ""]
         lines += student_table(students, results)
         lines += ["", "Targets:", ""] + target_lines(students, results) + [""]
     lines += [
@@ -723,10 +733,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=256)
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--init-steps", type=int, default=4000)
+    p.add_argument("--init-rows", nargs="*", default=["ddim@8", "ddim@32", "ddim@256", "ddpm@8"],
+                   help="the init net's own samples to score, sampler@steps (re-scored when "
+                   "--samples changes)")  # fmt: skip
     p.add_argument("--student-budget", type=int, default=1000)
     p.add_argument("--student-lr", type=float, default=2e-4)
     p.add_argument("--method-lr", nargs="*", default=[], help="per method: name=lr")
     p.add_argument("--student-ema", type=float, default=0.99)
+    p.add_argument("--lr-decay", choices=("constant", "cosine", "linear"), default="constant",
+                   help="students' learning rate after warmup (optim.decay)")  # fmt: skip
     # 0 here (the library default is 1, as in PAPERS.md): 3.5x lower FD at this budget, see md
     p.add_argument("--aux-teacher-weight", type=float, default=0.0)
     p.add_argument("--aux-steps", type=int, default=1)

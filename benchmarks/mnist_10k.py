@@ -62,8 +62,30 @@ def load_samplers_module():
 
 
 # --------------------------------------------------------------------------- the store
+def merge_stores(disk: dict, mine: dict) -> dict:
+    """`disk` updated with `mine`: rows merged field by field (mine wins), lists (commands)
+    united in order, other keys replaced, nested dicts (machine, seconds) merged."""
+    out = dict(disk)
+    for key, value in mine.items():
+        old = disk.get(key)
+        if key == "rows" and isinstance(old, dict):
+            out[key] = dict(old)
+            for name, row in value.items():
+                out[key][name] = {**old.get(name, {}), **row}
+        elif isinstance(value, list) and isinstance(old, list):
+            out[key] = old + [v for v in value if v not in old]
+        elif isinstance(value, dict) and isinstance(old, dict):
+            out[key] = {**old, **value}
+        else:
+            out[key] = value
+    return out
+
+
 class Store:
-    """`rows.json` in the samples folder: ordered rows with their numbers, saved atomically."""
+    """`rows.json` in the samples folder: ordered rows with their numbers, saved atomically.
+    Several processes may share a folder (e.g. one samples students while another adds FIDs):
+    each save merges this process's rows into the file's under a lock, field by field, so no
+    process drops what another wrote."""
 
     def __init__(self, folder: Path):
         self.folder = folder
@@ -76,9 +98,15 @@ class Store:
         return self.data["rows"]
 
     def save(self, copy_to: str | None = None) -> None:
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.data, indent=1, default=str))
-        tmp.replace(self.path)
+        import fcntl
+
+        with open(self.folder / ".rows.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if self.path.is_file():
+                self.data = merge_stores(json.loads(self.path.read_text()), self.data)
+            tmp = self.path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.data, indent=1, default=str))
+            tmp.replace(self.path)
         if copy_to:
             Path(copy_to).mkdir(parents=True, exist_ok=True)
             (Path(copy_to) / "rows.json").write_text(self.path.read_text())
@@ -222,7 +250,9 @@ def train_students(args, store, scorer, clock) -> None:
         spec = student_sampling(exported)
         generated_row(args, store, scorer, clock, name, "students", exported, spec["sampler"],
                       spec["steps"], spec["logsnrs"])  # fmt: skip
-        store.rows[name] |= {"train_steps": steps_done, "train_seconds": round(seconds, 1),
+        store.rows[name] |= {"method": f"{method}-{variant}", "student_steps": k,
+                             "device": args.device, "train_steps": steps_done,
+                             "train_seconds": round(seconds, 1),
                              "train_batch": args.train_batch, "train_lr": args.train_lr,
                              "images_per_s": [r["images_per_s"] for r in records
                                               if "images_per_s" in r][-1:]}  # fmt: skip
@@ -231,8 +261,85 @@ def train_students(args, store, scorer, clock) -> None:
 
 def phase_sample(args, store: Store, clock: Clock) -> None:
     from difflab.eval.reference import DATASETS
+
+    scorer = Scorer(args.features, args.device)
+    bench = None  # the samplers' setup (it measures their tables), only if sampler rows run
+
+    def samplers_at(nfes) -> None:
+        nonlocal bench
+        if args.methods and nfes:
+            bench = bench or sampler_setup(args, store)
+            sampler_rows(args, store, scorer, clock, nfes, bench)
+
+    samplers_at(args.nfe)
+    for row in args.teacher_rows:
+        sampler, steps = row.split("@")
+        generated_row(args, store, scorer, clock, f"teacher:{row}", "teacher", args.teacher,
+                      sampler, int(steps), "default")  # fmt: skip
+    for path in args.students:
+        student_row(args, store, scorer, clock, path)
+    if "nfe" not in store.rows.get("real:train", {}):
+        images = DATASETS["mnist"]("train")[: args.num]
+        store.rows["real:train"] = {"group": "real", "nfe": 0, **scorer(images)}
+        np.savez(store.samples_file("real:train"), images=images)
+        store.save(args.out_dir)
+    if args.train_minutes > 0:
+        train_students(args, store, scorer, clock)
+    samplers_at(args.extra_nfe)
+
+
+def student_row(args, store: Store, scorer: Scorer, clock: Clock, path: str) -> None:
+    """A distilled student (exported file or run directory) with its own recorded sampler; the
+    row names the method, its steps and its training, so reports can lay out the grid."""
     from difflab.methods.distill import student_sampling
 
+    spec = student_sampling(path)
+    if spec is None:
+        raise SystemExit(f"--students: {path} is not a distilled student")
+    name = f"student:{Path(path).stem if Path(path).is_file() else Path(path).name}"
+    generated_row(args, store, scorer, clock, name, "students", path, spec["sampler"],
+                  spec["steps"], spec["logsnrs"])  # fmt: skip
+    row = store.rows[name]
+    if "nfe" in row and "student_steps" not in row:
+        row |= {"device": args.device, **student_fields(Path(path))}
+        store.save(args.out_dir)
+
+
+def student_fields(path: Path) -> dict:
+    """A student's method (`mcm-cd`, `mmd-alternating`, ...), its number of steps and its
+    training (steps, batch; for a run directory also the device and the wall time, the sum of
+    the logged throughput of each interval, without checkpoint writes)."""
+    from difflab.methods.distill import read_student_spec
+
+    record = read_student_spec(path)
+    variant = record["config"].get("variant", "")
+    out = {"method": f"{record['method']}-{variant}" if variant else record["method"],
+           "student_steps": int(record["steps"])}  # fmt: skip
+    if path.is_file():  # an exported model: its metadata has the step and the run's config
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+        config = json.loads(meta.get("difflab_config", "{}"))
+        return out | {"train_steps": int(meta["step"]) if "step" in meta else None,
+                      "train_batch": config.get("data", {}).get("batch_size")}  # fmt: skip
+    records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    batch = next((r["global_batch"] for r in records if "global_batch" in r), None)
+    device = next((r["device"] for r in records if "device" in r), None)
+    out |= {"train_steps": max((r["step"] for r in records if "step" in r), default=0),
+            "train_batch": batch, "train_device": device}  # fmt: skip
+    logged = [(r["step"], r["images_per_s"]) for r in records if "images_per_s" in r]
+    if batch and logged:
+        previous = [0] + [step for step, _ in logged[:-1]]
+        out["train_seconds"] = round(
+            sum((step - prev) * batch / rate for (step, rate), prev in zip(logged, previous)), 1
+        )
+    return out
+
+
+def sampler_setup(args, store: Store):
+    """`benchmarks/samplers.py`'s setup, runner and the methods of `--methods` on the teacher
+    (and the JVP cost on this device, once per store)."""
     bench = load_samplers_module()
     ns = argparse.Namespace(denoiser=["checkpoint", args.teacher], guidance=0.0,
                             interval=[-math.inf, math.inf], features=["fd-lenet"], ref_split="test",
@@ -249,30 +356,10 @@ def phase_sample(args, store: Store, clock: Clock) -> None:
     if unknown := set(args.methods) - known:
         raise SystemExit(f"--methods: unknown {sorted(unknown)}; known: {sorted(known)}")
     methods = [m for name in args.methods for m in methods if m.name == name]
-    scorer = Scorer(args.features, args.device)
     if "jvp_cost" not in store.data:
         store.data["jvp_cost"] = bench.jvp_costs(setup, reps=7)
         print(f"jvp cost: {store.data['jvp_cost']}", flush=True)
-    sampler_rows(args, store, scorer, clock, args.nfe, (setup, runner, methods))
-    for row in args.teacher_rows:
-        sampler, steps = row.split("@")
-        generated_row(args, store, scorer, clock, f"teacher:{row}", "teacher", args.teacher,
-                      sampler, int(steps), "default")  # fmt: skip
-    for path in args.students:
-        spec = student_sampling(path)
-        if spec is None:
-            raise SystemExit(f"--students: {path} is not a distilled student")
-        name = f"student:{Path(path).stem}"
-        generated_row(args, store, scorer, clock, name, "students", path, spec["sampler"],
-                      spec["steps"], spec["logsnrs"])  # fmt: skip
-    if "nfe" not in store.rows.get("real:train", {}):
-        images = DATASETS["mnist"]("train")[: args.num]
-        store.rows["real:train"] = {"group": "real", "nfe": 0, **scorer(images)}
-        np.savez(store.samples_file("real:train"), images=images)
-        store.save(args.out_dir)
-    if args.train_minutes > 0:
-        train_students(args, store, scorer, clock)
-    sampler_rows(args, store, scorer, clock, args.extra_nfe, (setup, runner, methods))
+    return setup, runner, methods
 
 
 # --------------------------------------------------------------------------- scoring phase
@@ -414,11 +501,48 @@ def model_table(rows: dict) -> list[str]:
             continue
         train = ""
         if "train_steps" in r:
-            train = (f"{r['train_steps']} steps, batch {r['train_batch']}, "
-                     f"{r['train_seconds'] / 60:.1f} min")  # fmt: skip
+            train = f"{r['train_steps']} steps, batch {r['train_batch']}"
+            if "train_seconds" in r:
+                train += f", {r['train_seconds'] / 60:.1f} min on {r.get('train_device')}"
         cells = [r.get(k) for k in ("fid", "fd-lenet", "precision", "recall", "sampling_seconds")]
         lines.append(f"| {name} | {r.get('nfe', '')} | " + " | ".join(map(fmt, cells))
                      + f" | {train} |")  # fmt: skip
+    return lines
+
+
+STUDENT_STEPS = (1, 2, 4, 8)
+
+
+def student_grid(rows: dict, keys: tuple[str, ...]) -> list[str]:
+    """Students by method and training run (rows) and by their number of steps (columns);
+    a cell joins the row's values of `keys` with " / "."""
+    runs: dict[str, dict[int, dict]] = {}
+    for r in rows.values():
+        if r.get("group") == "students" and "student_steps" in r and keys[0] in r:
+            label = f"{r['method']}, {r.get('train_steps', '?')} steps"
+            label += f" ({r['train_device']})" if r.get("train_device") else ""
+            runs.setdefault(label, {})[r["student_steps"]] = r
+    lines = ["| student, training steps (device) | " + " | ".join(
+        f"{k} step{'s' if k > 1 else ''}" for k in STUDENT_STEPS) + " |",
+        "|---|" + "---:|" * len(STUDENT_STEPS)]  # fmt: skip
+    for label in sorted(runs):
+        cells = [" / ".join(fmt(runs[label][k].get(key)) for key in keys)
+                 if k in runs[label] else "" for k in STUDENT_STEPS]  # fmt: skip
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def grid_section(rows: dict) -> list[str]:
+    """The distillation grid: fd-lenet with precision/recall for every student, FID where it
+    was measured."""
+    if not any("student_steps" in r for r in rows.values()):
+        return []
+    lines = ["## Distilled students by number of steps", "",
+             "fd-lenet / precision / recall (LeNet features, not FID):", "",
+             *student_grid(rows, ("fd-lenet", "precision", "recall")), ""]  # fmt: skip
+    if any("student_steps" in r and "fid" in r for r in rows.values()):
+        lines += ["Inception FID (only the students it was run on):", "",
+                  *student_grid(rows, ("fid",)), ""]  # fmt: skip
     return lines
 
 
@@ -450,6 +574,7 @@ def render(data: dict, extra: list[str]) -> str:
         "",
         *(distill_targets(rows, "fid", spread) or ["- (no FID rows)"]),
         "",
+        *grid_section(rows),
         "## Samplers on the shipped model: FID",
         "",
         *sampler_table(samplers, "fid", nfes),
@@ -497,10 +622,36 @@ def merged_eval_rows(files: list[str]) -> dict[str, dict]:
     return rows
 
 
+def read_rows_file(path: str | Path) -> dict:
+    """A samples folder's `rows.json` (the folder or the file itself)."""
+    source = Path(path)
+    return json.loads((source / "rows.json" if source.is_dir() else source).read_text())
+
+
+def extra_rows(paths: list[str]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """The student rows of other samples folders (e.g. students sampled on a CPU after a GPU
+    run), each tagged with its folder, and their machines by folder."""
+    rows, machines = {}, {}
+    for path in paths:
+        data = read_rows_file(path)
+        for name, r in data["rows"].items():
+            if r.get("group") == "students":
+                rows[name] = r | {"from": str(path)}
+        machines[str(path)] = data.get("machine", {})
+    return rows, machines
+
+
 def phase_report(args) -> None:
-    source = Path(args.samples_dir)
-    data = json.loads((source / "rows.json" if source.is_dir() else source).read_text())
+    data = read_rows_file(args.samples_dir)
     data["rows"] |= merged_eval_rows(args.merge_eval)
+    more, machines = extra_rows(args.extra_rows)
+    data["rows"] |= more
+    for r in data["rows"].values():  # rows from before the grid fields, when the model is here
+        if r.get("group") == "students" and "student_steps" not in r and "model" in r:
+            if Path(r["model"]).exists():
+                r |= student_fields(Path(r["model"]))
+    if machines:
+        data["extra_machines"] = machines
     command = " ".join(["python", *sys.argv])
     if command not in data.setdefault("commands", []):
         data["commands"].append(command)
@@ -572,6 +723,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default=str(ROOT / "results" / "mnist_10k"), help="report: output")
     p.add_argument("--notes", nargs="*", default=[], help="report: markdown files to include")
     p.add_argument("--merge-eval", nargs="*", default=[], help="report: difflab eval JSON files")
+    p.add_argument("--extra-rows", nargs="*", default=[],
+                   help="report: other samples folders (or their rows.json) whose student rows "
+                   "join the report")  # fmt: skip
     args = p.parse_args(argv)
     if args.phase == "report":
         phase_report(args)

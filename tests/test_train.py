@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from difflab.config import load_config
+from difflab.config import OptimConfig, load_config
 from difflab.data import make_dataset
 from difflab.nets import build_net
 from difflab.sampling import sample_ddim, uniform_t_grid
@@ -39,7 +39,7 @@ from difflab.train import (
     run_training,
     train_step,
 )
-from difflab.train.trainer import make_optimizer
+from difflab.train.trainer import learning_rate, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "configs" / "digits_tiny.yaml"
@@ -120,6 +120,9 @@ def test_config_rejects_unknown_keys_by_name(override, key):
         ("diffusion.prediction=score", "diffusion.prediction"),
         ("train.precision=fp8", "train.precision"),
         ("optim.ema_decays=[1.5]", "optim.ema_decays"),
+        ("optim.decay=step", "optim.decay"),
+        ("optim.min_lr=1.0", "optim.min_lr"),
+        ("optim.decay_steps=0", "optim.decay_steps"),
         ("model.kwargs.heads=3", "model.kwargs"),  # 32 is not divisible by 3: the net says so
     ],
 )
@@ -326,7 +329,8 @@ def test_time_limit_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
 
 
 def test_resume_after_sigkill_repeats_the_uninterrupted_run_exactly(tmp_path, digits_npz):
-    common = ["train.steps=24", "train.ckpt_every=4", "train.keep_last=2"]
+    # a cosine decay as well: the learning rate is a function of the step, so a resume repeats it
+    common = ["train.steps=24", "train.ckpt_every=4", "train.keep_last=2", "optim.decay=cosine"]
     full, killed = tmp_path / "full", tmp_path / "killed"
     # both start at once (the import time dominates); `killed` dies after its first checkpoint
     reference = subprocess.Popen(
@@ -363,6 +367,41 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run_exactly(tmp_path, di
     assert len(losses(full)) == 24
     assert losses(killed) == losses(full)  # bitwise: JSON floats round-trip exactly
     assert events(killed, "end")[0]["replica_hashes"] == events(full, "end")[0]["replica_hashes"]
+
+
+def _optim(**kw) -> OptimConfig:
+    return OptimConfig(**{"lr": 1.0, "warmup_steps": 4, **kw})
+
+
+@pytest.mark.parametrize("decay", ["constant", "cosine", "linear"])
+def test_learning_rate_warms_up_then_decays_to_min_lr(decay):
+    optim = _optim(decay=decay, min_lr=0.1)
+    lrs = [learning_rate(step, optim, total_steps=24) for step in range(30)]
+    assert lrs[:4] == [0.25, 0.5, 0.75, 1.0]  # linear warmup reaches lr at the last warmup step
+    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))  # then never increases
+    if decay == "constant":
+        assert set(lrs[3:]) == {1.0}
+    else:
+        # halfway through the decay (step 4 + 20 / 2) both shapes are at the midpoint
+        assert lrs[14] == pytest.approx(0.55, abs=1e-12)
+        assert lrs[24:] == [pytest.approx(0.1, abs=1e-12)] * 6  # reached at the end, then held
+    if decay == "cosine":  # cos: flat at both ends, linear: constant slope
+        assert lrs[4] - lrs[5] < lrs[13] - lrs[14]
+
+
+def test_learning_rate_decay_steps_override_the_run_length():
+    optim = _optim(decay="linear", decay_steps=12)
+    assert learning_rate(8, optim, total_steps=1000) == pytest.approx(0.5)
+    assert learning_rate(12, optim, total_steps=1000) == 0.0
+
+
+def test_trainer_uses_and_logs_the_scheduled_learning_rate(tmp_path):
+    schedule = ["optim.lr=1e-3", "optim.decay=linear", "optim.warmup_steps=2", "optim.min_lr=1e-4"]
+    cfg = tiny_config(tmp_path / "run", "train.steps=6", "train.log_every=1", *schedule)
+    run_training(cfg)
+    logged = [r["lr"] for r in read_metrics(tmp_path / "run" / "metrics.jsonl") if "lr" in r]
+    assert logged == [learning_rate(step, cfg.optim, 6) for step in range(6)]
+    assert logged[1] == pytest.approx(1e-3) and logged[-1] == pytest.approx(1e-4 + 9e-4 / 4)
 
 
 def test_ddp_two_processes_keep_identical_replicas(tmp_path, digits_npz):

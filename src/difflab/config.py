@@ -69,14 +69,19 @@ class DiffusionConfig:
 
 @dataclass(frozen=True)
 class OptimConfig:
-    """AdamW with linear warmup to a constant `lr`, global-norm clipping and EMA copies
-    (`ema_warmup`: decay `min(d, (1 + n) / (10 + n))` at step `n`, see `train.ema.EMA`)."""
+    """AdamW with linear warmup to `lr`, then `decay` (`constant`, or `cosine` / `linear` down to
+    `min_lr` at step `decay_steps`, default `train.steps`; a pure function of the step, so a
+    resume continues it exactly), global-norm clipping and EMA copies (`ema_warmup`: decay
+    `min(d, (1 + n) / (10 + n))` at step `n`, see `train.ema.EMA`)."""
 
     lr: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     eps: float = 1e-8
     weight_decay: float = 0.0
     warmup_steps: int = 1000
+    decay: str = "constant"
+    decay_steps: int | None = None
+    min_lr: float = 0.0
     grad_clip: float | None = 1.0
     ema_decays: list[float] = field(default_factory=lambda: [0.999])
     ema_warmup: bool = False
@@ -214,6 +219,7 @@ def validate_config(cfg: TrainConfig) -> None:
     """Range checks and registry-name/keyword checks; raises `ValueError` naming the key."""
     from .diffusion.losses import WEIGHTINGS
     from .diffusion.schedules import SCHEDULES
+    from .train.trainer import LR_DECAYS
 
     d = cfg.diffusion
     if d.schedule not in SCHEDULES:
@@ -235,6 +241,13 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"config key optim.betas must be two numbers in [0, 1), got {o.betas}")
     _positive(o.weight_decay, "optim.weight_decay", allow_zero=True)
     _positive(o.warmup_steps, "optim.warmup_steps", allow_zero=True)
+    if o.decay not in LR_DECAYS:
+        raise ValueError(f"config key optim.decay: unknown {o.decay!r}; known: {list(LR_DECAYS)}")
+    if o.decay_steps is not None:
+        _positive(o.decay_steps, "optim.decay_steps")
+    _positive(o.min_lr, "optim.min_lr", allow_zero=True)
+    if o.min_lr > o.lr:
+        raise ValueError(f"config key optim.min_lr ({o.min_lr}) must not exceed optim.lr ({o.lr})")
     if o.grad_clip is not None:
         _positive(o.grad_clip, "optim.grad_clip")
     for decay in o.ema_decays:

@@ -131,9 +131,22 @@ class StepResult:
     skipped: bool
 
 
-def warmup_lr(step: int, lr: float, warmup_steps: int) -> float:
-    """Linear warmup from `lr / warmup_steps` to `lr`, then constant."""
-    return lr if warmup_steps <= 0 else lr * min(1.0, (step + 1) / warmup_steps)
+LR_DECAYS = ("constant", "cosine", "linear")
+
+
+def learning_rate(step: int, optim, total_steps: int) -> float:
+    """The learning rate of step `step` (0-based) under `optim` (an `OptimConfig`): linear warmup
+    from `lr / warmup_steps` to `lr`, then `constant`, or a `cosine` / `linear` decay from `lr` to
+    `min_lr` reached at `decay_steps` (default `total_steps`) and held after it."""
+    lr, warmup = optim.lr, optim.warmup_steps
+    if warmup > 0 and step < warmup:
+        return lr * (step + 1) / warmup
+    if optim.decay == "constant":
+        return lr
+    end = optim.decay_steps or total_steps
+    progress = min(1.0, max(0, step - warmup) / max(1, end - warmup))
+    shape = 0.5 * (1 + math.cos(math.pi * progress)) if optim.decay == "cosine" else 1 - progress
+    return optim.min_lr + (lr - optim.min_lr) * shape
 
 
 def train_step(
@@ -543,7 +556,7 @@ class Trainer:
                 self.generator.manual_seed(
                     derive_seed(t.seed, SEED_NOISE, self.dist.rank, self.step)
                 )
-                lr = warmup_lr(self.step, self.cfg.optim.lr, self.cfg.optim.warmup_steps)
+                lr = learning_rate(self.step, self.cfg.optim, t.steps)
                 for group in self.optimizer.param_groups:
                     group["lr"] = lr
                 result = train_step(
