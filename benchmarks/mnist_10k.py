@@ -27,6 +27,7 @@ Samples are kept as uint8 `.npz` (`<samples-dir>/<row>.npz`), the numbers in
 from __future__ import annotations
 
 import argparse
+import fnmatch
 import importlib.util
 import json
 import math
@@ -403,6 +404,8 @@ def phase_score(args, store: Store, clock: Clock) -> None:
         row = store.rows[name]
         if "nfe" not in row or all(f in row for f in args.features):
             continue
+        if args.only and not any(fnmatch.fnmatchcase(name, pattern) for pattern in args.only):
+            continue
         if clock.out():
             row["fid_skipped"] = "deadline"
             continue
@@ -719,6 +722,9 @@ def main(argv=None) -> int:
     p.add_argument("--train-batch", type=int, default=256)
     p.add_argument("--train-lr", type=float, default=1e-4)
     p.add_argument("--deadline", type=float, default=math.inf, help="seconds for this phase")
+    p.add_argument("--only", nargs="*", default=[],
+                   help="score: only the rows whose names match these patterns "
+                   "(fnmatch, e.g. 'student:*')")  # fmt: skip
     p.add_argument("--reference-check", default=None, help="score: save the Inception check here")
     p.add_argument("--out", default=str(ROOT / "results" / "mnist_10k"), help="report: output")
     p.add_argument("--notes", nargs="*", default=[], help="report: markdown files to include")
