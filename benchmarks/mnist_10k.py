@@ -113,7 +113,7 @@ class Store:
             (Path(copy_to) / "rows.json").write_text(self.path.read_text())
 
     def samples_file(self, name: str) -> Path:
-        return self.folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".npz")
+        return samples_file(self.folder, name)
 
     def put_samples(self, name: str, images: torch.Tensor) -> np.ndarray:
         from difflab.eval.features import to_uint8
@@ -123,8 +123,17 @@ class Store:
         return u8
 
     def get_samples(self, name: str) -> np.ndarray:
-        with np.load(self.samples_file(name), allow_pickle=False) as f:
-            return f["images"]
+        return read_samples(self.samples_file(name))
+
+
+def samples_file(folder: Path, name: str) -> Path:
+    """Where a row's uint8 samples are kept in a samples folder."""
+    return folder / (re.sub(r"[^A-Za-z0-9._-]+", "_", name) + ".npz")
+
+
+def read_samples(path: Path) -> np.ndarray:
+    with np.load(path, allow_pickle=False) as f:
+        return f["images"]
 
 
 class Clock:
@@ -663,7 +672,27 @@ def phase_report(args) -> None:
     out.with_suffix(".json").write_text(json.dumps(data, indent=1))
     out.with_suffix(".md").write_text(render(data, extra))
     plot(data["rows"], out.with_suffix(".png"))
-    print(f"wrote {out}.md, .json and .png")
+    grid = student_samples_plot(data["rows"], Path(args.samples_dir), Path(f"{out}_students.png"))
+    print(f"wrote {out}.md, .json and .png" + (f", {grid}" if grid else ""))
+
+
+def student_samples_plot(rows: dict, folder: Path, path: Path, num: int = 20) -> Path | None:
+    """The first `num` samples of every student row whose samples are on this machine (same
+    class-balanced labels 0, 1, ..., 9, 0, ... in every row), by method and steps."""
+    from difflab.eval.plots import plot_sample_rows
+
+    images = {}
+    ordered = sorted((r["method"], r["student_steps"], r.get("train_steps") or 0, name)
+                     for name, r in rows.items() if "student_steps" in r)  # fmt: skip
+    for method, steps, trained, name in ordered:
+        file = samples_file(Path(rows[name].get("from", folder)), name)
+        if file.is_file():
+            u8 = torch.from_numpy(read_samples(file)[:num]).float()
+            images[f"{method}, {steps} step{'s' * (steps > 1)} ({trained} tr.)"] = u8 / 127.5 - 1
+    if not images:
+        return None
+    title = "Distilled MNIST students, first samples (labels 0-9, 0-9; seed 0)"
+    return plot_sample_rows(images, path, title=title)
 
 
 PLOTTED = (
