@@ -549,9 +549,13 @@ def grid_section(rows: dict) -> list[str]:
     was measured."""
     if not any("student_steps" in r for r in rows.values()):
         return []
+    teacher = ", ".join(f"{name.removeprefix('teacher:')} {fmt(r['fd-lenet'])}"
+                        for name, r in rows.items() if name.startswith("teacher:")
+                        and "fd-lenet" in r)  # fmt: skip
     lines = ["## Distilled students by number of steps", "",
              "fd-lenet / precision / recall (LeNet features, not FID):", "",
-             *student_grid(rows, ("fd-lenet", "precision", "recall")), ""]  # fmt: skip
+             *student_grid(rows, ("fd-lenet", "precision", "recall")), "",
+             f"The teacher's fd-lenet: {teacher}.", ""]  # fmt: skip
     if any("student_steps" in r and "fid" in r for r in rows.values()):
         lines += ["Inception FID (only the students it was run on):", "",
                   *student_grid(rows, ("fid",)), ""]  # fmt: skip
@@ -566,6 +570,11 @@ def render(data: dict, extra: list[str]) -> str:
     spread = seed_spread(rows, "fid")
     machine_line = "; ".join(f"{phase}: {m.get('gpu', m['device'])}, torch {m['torch']}"
                              for phase, m in data.get("machine", {}).items())  # fmt: skip
+    for folder, machines in data.get("extra_machines", {}).items():
+        machine_line += f"; the student rows from `{folder}`: " + ", ".join(
+            f"{phase} on {m.get('gpu', m['device'])}, torch {m['torch']}"
+            for phase, m in machines.items()
+        )
     lines = [
         "# MNIST at 10k samples: samplers, teacher and students (`benchmarks/mnist_10k.py`)",
         "",
@@ -640,24 +649,28 @@ def read_rows_file(path: str | Path) -> dict:
     return json.loads((source / "rows.json" if source.is_dir() else source).read_text())
 
 
-def extra_rows(paths: list[str]) -> tuple[dict[str, dict], dict[str, dict]]:
+def extra_rows(paths: list[str]) -> tuple[dict[str, dict], dict[str, dict], list[str]]:
     """The student rows of other samples folders (e.g. students sampled on a CPU after a GPU
-    run), each tagged with its folder, and their machines by folder."""
-    rows, machines = {}, {}
+    run), each tagged with its folder; their machines by folder; the commands that made them."""
+    rows, machines, commands = {}, {}, []
     for path in paths:
         data = read_rows_file(path)
         for name, r in data["rows"].items():
             if r.get("group") == "students":
                 rows[name] = r | {"from": str(path)}
         machines[str(path)] = data.get("machine", {})
-    return rows, machines
+        commands += [c for c in data.get("commands", []) if c not in commands]
+    return rows, machines, commands
 
 
 def phase_report(args) -> None:
     data = read_rows_file(args.samples_dir)
     data["rows"] |= merged_eval_rows(args.merge_eval)
-    more, machines = extra_rows(args.extra_rows)
+    more, machines, commands = extra_rows(args.extra_rows)
     data["rows"] |= more
+    data["commands"] = data.get("commands", []) + [
+        c for c in commands if c not in data.get("commands", [])
+    ]
     for r in data["rows"].values():  # rows from before the grid fields, when the model is here
         if r.get("group") == "students" and "student_steps" not in r and "model" in r:
             if Path(r["model"]).exists():
