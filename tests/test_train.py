@@ -123,6 +123,7 @@ def test_config_rejects_unknown_keys_by_name(override, key):
         ("optim.decay=step", "optim.decay"),
         ("optim.min_lr=1.0", "optim.min_lr"),
         ("optim.decay_steps=0", "optim.decay_steps"),
+        ("optim.decay_steps=10", "optim.decay_steps"),  # not past the 20 warmup steps
         ("model.kwargs.heads=3", "model.kwargs"),  # 32 is not divisible by 3: the net says so
     ],
 )

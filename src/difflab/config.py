@@ -245,6 +245,11 @@ def validate_config(cfg: TrainConfig) -> None:
         raise ValueError(f"config key optim.decay: unknown {o.decay!r}; known: {list(LR_DECAYS)}")
     if o.decay_steps is not None:
         _positive(o.decay_steps, "optim.decay_steps")
+        if o.decay_steps <= o.warmup_steps:
+            raise ValueError(
+                f"config key optim.decay_steps ({o.decay_steps}) must exceed optim.warmup_steps "
+                f"({o.warmup_steps}): the decay starts after the warmup"
+            )
     _positive(o.min_lr, "optim.min_lr", allow_zero=True)
     if o.min_lr > o.lr:
         raise ValueError(f"config key optim.min_lr ({o.min_lr}) must not exceed optim.lr ({o.lr})")
