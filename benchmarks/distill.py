@@ -258,12 +258,13 @@ def init_stage(oracle, schedule, results: dict, args, save) -> nn.Module:
     earlier = results.get("init_meta", {}).get("scored_samples", args.samples)
     for key in args.init_rows:
         sampler, steps = key.split("@")
-        if rows.get(key, {}).get("samples", earlier) != args.samples or key not in rows:
-            with torch.inference_mode():
-                x = sample_net(denoise, oracle, schedule, sampler, int(steps), args)
-            rows[key] = score(x, oracle) | {"samples": args.samples}
-            print(f"init {key:>10}: FD {rows[key]['frechet']:.4f}  TV {rows[key]['mode_tv']:.3f}")
-            save()
+        if key in rows and rows[key].get("samples", earlier) == args.samples:
+            continue  # scored at this sample count already
+        with torch.inference_mode():
+            x = sample_net(denoise, oracle, schedule, sampler, int(steps), args)
+        rows[key] = score(x, oracle) | {"samples": args.samples}
+        print(f"init {key:>10}: FD {rows[key]['frechet']:.4f}  TV {rows[key]['mode_tv']:.3f}")
+        save()
     results["init_meta"].update(
         {"steps": args.init_steps, "batch": args.batch, "width": args.width, "depth": args.depth,
          "parameters": sum(p.numel() for p in init.parameters()), "lr": 1e-3, "ema": 0.999}

@@ -63,6 +63,11 @@ def load_samplers_module():
 
 
 # --------------------------------------------------------------------------- the store
+def united(first: list, second: list) -> list:
+    """`first` followed by the items of `second` it lacks (order kept)."""
+    return first + [item for item in second if item not in first]
+
+
 def merge_stores(disk: dict, mine: dict) -> dict:
     """`disk` updated with `mine`: rows merged field by field (mine wins), lists (commands)
     united in order, other keys replaced, nested dicts (machine, seconds) merged."""
@@ -74,7 +79,7 @@ def merge_stores(disk: dict, mine: dict) -> dict:
             for name, row in value.items():
                 out[key][name] = {**old.get(name, {}), **row}
         elif isinstance(value, list) and isinstance(old, list):
-            out[key] = old + [v for v in value if v not in old]
+            out[key] = united(old, value)
         elif isinstance(value, dict) and isinstance(old, dict):
             out[key] = {**old, **value}
         else:
@@ -237,6 +242,7 @@ def generated_row(args, store, scorer, clock, name: str, group: str, path, sampl
 def train_students(args, store, scorer, clock) -> None:
     """Distil the GPU students from the teacher for `--train-minutes` each, export, score."""
     from difflab.methods.distill import export_student, run_distillation, student_sampling
+    from difflab.train import read_metrics
 
     for method, variant, k in GPU_STUDENTS:
         name = f"student:{method}-{variant}@{k} ({args.device}, {args.train_minutes:g} min)"
@@ -253,7 +259,7 @@ def train_students(args, store, scorer, clock) -> None:
                                     "train.ckpt_every=0", "train.log_every=100",
                                     "train.progress=false", "train.tensorboard=false"])  # fmt: skip
         seconds = time.perf_counter() - start
-        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        records = read_metrics(run / "metrics.jsonl")
         steps_done = max(r["step"] for r in records if "step" in r)
         exported = Path(args.out_dir or args.samples_dir) / f"{run.name}.safetensors"
         export_student(run, exported)
@@ -320,6 +326,7 @@ def student_fields(path: Path) -> dict:
     training (steps, batch; for a run directory also the device and the wall time, the sum of
     the logged throughput of each interval, without checkpoint writes)."""
     from difflab.methods.distill import read_student_spec
+    from difflab.train import read_metrics
 
     record = read_student_spec(path)
     variant = record["config"].get("variant", "")
@@ -333,7 +340,7 @@ def student_fields(path: Path) -> dict:
         config = json.loads(meta.get("difflab_config", "{}"))
         return out | {"train_steps": int(meta["step"]) if "step" in meta else None,
                       "train_batch": config.get("data", {}).get("batch_size")}  # fmt: skip
-    records = [json.loads(line) for line in (path / "metrics.jsonl").read_text().splitlines()]
+    records = read_metrics(path / "metrics.jsonl")
     batch = next((r["global_batch"] for r in records if "global_batch" in r), None)
     device = next((r["device"] for r in records if "device" in r), None)
     out |= {"train_steps": max((r["step"] for r in records if "step" in r), default=0),
@@ -659,7 +666,7 @@ def extra_rows(paths: list[str]) -> tuple[dict[str, dict], dict[str, dict], list
             if r.get("group") == "students":
                 rows[name] = r | {"from": str(path)}
         machines[str(path)] = data.get("machine", {})
-        commands += [c for c in data.get("commands", []) if c not in commands]
+        commands = united(commands, data.get("commands", []))
     return rows, machines, commands
 
 
@@ -668,9 +675,7 @@ def phase_report(args) -> None:
     data["rows"] |= merged_eval_rows(args.merge_eval)
     more, machines, commands = extra_rows(args.extra_rows)
     data["rows"] |= more
-    data["commands"] = data.get("commands", []) + [
-        c for c in commands if c not in data.get("commands", [])
-    ]
+    data["commands"] = united(data.get("commands", []), commands)
     for r in data["rows"].values():  # rows from before the grid fields, when the model is here
         if r.get("group") == "students" and "student_steps" not in r and "model" in r:
             if Path(r["model"]).exists():
