@@ -296,6 +296,19 @@ def test_fid_runtime_errors_name_the_argument():
         features_module.InceptionFeatures(runtime="onnxruntime", device="cuda")
 
 
+def test_fid_runtime_env_reaches_the_inception_constructor(monkeypatch):
+    built = []
+    monkeypatch.setitem(features_module.FEATURE_EXTRACTORS, "fid", lambda **kw: built.append(kw))
+    features_module._load_extractor.cache_clear()
+    monkeypatch.setenv(features_module.FID_RUNTIME_ENV, "onnxruntime")
+    features_module.get_feature_extractor("fid")
+    features_module.get_feature_extractor("fid")  # cached per runtime
+    monkeypatch.delenv(features_module.FID_RUNTIME_ENV)
+    features_module.get_feature_extractor("fid")
+    features_module._load_extractor.cache_clear()
+    assert built == [{"device": "cpu", "runtime": "onnxruntime"}, {"device": "cpu"}]
+
+
 def test_missing_onnxruntime_names_the_extra(monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # makes `import onnxruntime` fail
     with pytest.raises(ImportError, match=r"difflab\[fid-onnx\]"):
