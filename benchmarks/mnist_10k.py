@@ -36,6 +36,7 @@ import platform
 import re
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -559,16 +560,24 @@ def grid_section(rows: dict) -> list[str]:
     was measured."""
     if not any("student_steps" in r for r in rows.values()):
         return []
-    teacher = ", ".join(f"{name.removeprefix('teacher:')} {fmt(r['fd-lenet'])}"
-                        for name, r in rows.items() if name.startswith("teacher:")
-                        and "fd-lenet" in r)  # fmt: skip
+
+    def teacher(key: str) -> str:
+        return ", ".join(f"{name.removeprefix('teacher:')} {fmt(r[key])}"
+                         for name, r in rows.items() if name.startswith("teacher:")
+                         and key in r)  # fmt: skip
+
     lines = ["## Distilled students by number of steps", "",
              "fd-lenet / precision / recall (LeNet features, not FID):", "",
              *student_grid(rows, ("fd-lenet", "precision", "recall")), "",
-             f"The teacher's fd-lenet: {teacher}.", ""]  # fmt: skip
-    if any("student_steps" in r and "fid" in r for r in rows.values()):
-        lines += ["Inception FID (only the students it was run on):", "",
-                  *student_grid(rows, ("fid",)), ""]  # fmt: skip
+             f"The teacher's fd-lenet: {teacher('fd-lenet')}.", ""]  # fmt: skip
+    students = [r for r in rows.values() if "student_steps" in r and "fid" in r]
+    if students:
+        runtimes = Counter(r.get("fid_runtime", "torch") for r in students)
+        runtime = ", ".join(f"{k} ({n} students)" for k, n in sorted(runtimes.items()))
+        lines += [f"Inception FID (only the students it was run on; Inception runtime: {runtime}):",
+                  "",
+                  *student_grid(rows, ("fid",)), "",
+                  f"The teacher's FID: {teacher('fid')}.", ""]  # fmt: skip
     return lines
 
 
