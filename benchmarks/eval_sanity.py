@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -305,8 +306,9 @@ def main() -> None:
     nums = {"fid": args.num_fid, "fd-lenet": args.num_lenet}
     report = {
         "command": "python benchmarks/eval_sanity.py "
-        f"--num-fid {args.num_fid} --num-lenet {args.num_lenet} --features {args.features} "
-        f"--seed {args.seed} --throughput {args.throughput} --rounds {args.rounds}"
+        f"--num-fid {args.num_fid} --num-lenet {args.num_lenet} "
+        f"--features {shlex.quote(args.features)} --seed {args.seed} "
+        f"--throughput {args.throughput} --rounds {args.rounds}"
         + (f" --threads {args.threads}" if args.threads else ""),
         "seed": args.seed,
         "machine": machine(),
