@@ -578,6 +578,10 @@ def grid_section(rows: dict) -> list[str]:
                   "",
                   *student_grid(rows, ("fid",)), "",
                   f"The teacher's FID: {teacher('fid')}.", ""]  # fmt: skip
+    if any("frame_lit" in r for r in rows.values()):
+        lines += [f"Background haze: share of the outer {FRAME}-pixel border that is not black "
+                  f"(real MNIST-train: {fmt(rows.get('real:train', {}).get('frame_lit'))}):",
+                  "", *student_grid(rows, ("frame_lit",)), ""]  # fmt: skip
     return lines
 
 
@@ -677,9 +681,24 @@ def extra_rows(paths: list[str]) -> tuple[dict[str, dict], dict[str, dict], list
         for name, r in data["rows"].items():
             if r.get("group") == "students":
                 rows[name] = r | {"from": str(path)}
+            file = samples_file(Path(path), name)
+            if name in rows and file.is_file():
+                rows[name]["frame_lit"] = frame_lit(read_samples(file))
         machines[str(path)] = data.get("machine", {})
         commands = united(commands, data.get("commands", []))
     return rows, machines, commands
+
+
+FRAME = 4
+"""Width in pixels of the image border where MNIST digits almost never reach."""
+
+
+def frame_lit(images: np.ndarray) -> float:
+    """Share of the pixels in the outer `FRAME`-pixel border that are not black: a measure of
+    the grey background haze (real MNIST: about 0.015, from strokes that reach the border)."""
+    inner = np.zeros(images.shape[-2:], bool)
+    inner[FRAME:-FRAME, FRAME:-FRAME] = True
+    return float((images[..., ~inner] > 0).mean())
 
 
 def phase_report(args) -> None:
@@ -694,6 +713,9 @@ def phase_report(args) -> None:
                 r |= student_fields(Path(r["model"]))
     if machines:
         data["extra_machines"] = machines
+    real = [samples_file(Path(f), "real:train") for f in [args.samples_dir, *args.extra_rows]]
+    if "real:train" in data["rows"] and (found := [f for f in real if f.is_file()]):
+        data["rows"]["real:train"]["frame_lit"] = frame_lit(read_samples(found[0]))
     command = " ".join(["python", *sys.argv])
     if command not in data.setdefault("commands", []):
         data["commands"].append(command)
