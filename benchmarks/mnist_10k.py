@@ -31,7 +31,6 @@ import fnmatch
 import importlib.util
 import json
 import math
-import os
 import platform
 import re
 import sys
@@ -41,6 +40,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from difflab.eval.cli import add_fid_runtime_argument, use_fid_runtime
 
 ROOT = Path(__file__).resolve().parents[1]
 TEACHER = "src/difflab/assets/mnist_uvit.safetensors"
@@ -679,10 +680,10 @@ def extra_rows(paths: list[str]) -> tuple[dict[str, dict], dict[str, dict], list
     for path in paths:
         data = read_rows_file(path)
         for name, r in data["rows"].items():
-            if r.get("group") == "students":
-                rows[name] = r | {"from": str(path)}
-            file = samples_file(Path(path), name)
-            if name in rows and file.is_file():
+            if r.get("group") != "students":
+                continue
+            rows[name] = r | {"from": str(path)}
+            if (file := samples_file(Path(path), name)).is_file():
                 rows[name]["frame_lit"] = frame_lit(read_samples(file))
         machines[str(path)] = data.get("machine", {})
         commands = united(commands, data.get("commands", []))
@@ -806,9 +807,7 @@ def main(argv=None) -> int:
     p.add_argument("--only", nargs="*", default=[],
                    help="score: only the rows whose names match these patterns "
                    "(fnmatch, e.g. 'student:*')")  # fmt: skip
-    p.add_argument("--fid-runtime", choices=("torch", "onnxruntime"), default="torch",
-                   help="onnxruntime: the same Inception exported to ONNX, ~1.5x faster on a "
-                   "CPU (needs difflab[fid-onnx])")  # fmt: skip
+    add_fid_runtime_argument(p)
     p.add_argument("--reference-check", default=None, help="score: save the Inception check here")
     p.add_argument("--out", default=str(ROOT / "results" / "mnist_10k"), help="report: output")
     p.add_argument("--notes", nargs="*", default=[], help="report: markdown files to include")
@@ -823,7 +822,7 @@ def main(argv=None) -> int:
     from difflab.devices import resolve_device
 
     args.device = str(resolve_device(args.device))
-    os.environ["DIFFLAB_FID_RUNTIME"] = args.fid_runtime
+    use_fid_runtime(args)
     if args.features is None:
         args.features = {"sample": ["fd-lenet"], "score": ["fid"]}.get(
             args.phase, ["fd-lenet", "fid"]

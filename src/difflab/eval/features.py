@@ -12,7 +12,7 @@ datasets go through identical preprocessing.
   The archive is loaded with `torch.jit.load`, which rebuilds a TorchScript graph and tensors; it
   does not unpickle arbitrary Python objects. Its sha256 is checked before loading.
   `runtime="onnxruntime"` (or `$DIFFLAB_FID_RUNTIME=onnxruntime`; CPU only, needs
-  `pip install onnxruntime`) runs the same network exported once to ONNX: about 1.5x faster on
+  `difflab[fid-onnx]`) runs the same network exported once to ONNX: about 1.5x faster on
   a CPU, and checked against the TorchScript network on probe images every time it is loaded.
 - `fd-lenet` / `fd-lenet-fashion`: the 128-d hidden layer of the small MNIST / Fashion-MNIST
   classifiers shipped in `difflab/assets` (see `difflab.eval.lenet`). Fast, 28x28 grayscale only,
@@ -224,6 +224,7 @@ class InceptionFeatures(FeatureExtractor):
         net = torch.jit.load(path, map_location=self.device).eval()
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if self.runtime == "onnxruntime":
+            self.memory_format = torch.contiguous_format  # the ONNX graph takes NCHW
             self.net = OnnxInception(onnx_export(net, self.sha256))
             self.net.check_against(net, self.preprocess(probe_images()))
             return
