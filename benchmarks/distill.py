@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import fcntl
 import json
 import math
 import os
@@ -118,9 +119,36 @@ class MLPNet(nn.Module):
 
 def save_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=1, sort_keys=True))
     os.replace(tmp, path)
+
+
+def merged(ours: dict, theirs: dict) -> dict:
+    """`theirs` (the stored results) updated with `ours`: nested dicts merge key by key, lists
+    keep our items then the stored ones we lack, any other value is ours."""
+    out = dict(theirs)
+    for key, value in ours.items():
+        other = theirs.get(key)
+        if isinstance(value, dict) and isinstance(other, dict):
+            out[key] = merged(value, other)
+        elif isinstance(value, list) and isinstance(other, list):
+            out[key] = value + [item for item in other if item not in value]
+        else:
+            out[key] = value
+    return out
+
+
+def save_shared_json(path: Path, data: dict) -> None:
+    """Merge `data` into the JSON file at `path` under an exclusive lock, so several benchmark
+    processes can share one work dir (e.g. two student runs on two cores) without one
+    overwriting the rows of the other; `data` is updated in place to the merged result."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+        data.update(merged(data, stored))
+        save_json(path, data)
 
 
 def score(samples: Tensor, oracle: GaussianMixtureOracle) -> dict:
@@ -265,7 +293,7 @@ def init_stage(oracle, schedule, results: dict, args, save) -> nn.Module:
         rows[key] = score(x, oracle) | {"samples": args.samples}
         print(f"init {key:>10}: FD {rows[key]['frechet']:.4f}  TV {rows[key]['mode_tv']:.3f}")
         save()
-    results["init_meta"].update(
+    results.setdefault("init_meta", {}).update(
         {"steps": args.init_steps, "batch": args.batch, "width": args.width, "depth": args.depth,
          "parameters": sum(p.numel() for p in init.parameters()), "lr": 1e-3, "ema": 0.999}
     )  # fmt: skip
@@ -719,7 +747,7 @@ def oracle_setting(args) -> dict:
     results = json.loads(store.read_text()) if store.is_file() else {}
 
     def save() -> None:
-        save_json(store, results)
+        save_shared_json(store, results)
 
     results["machine"] = machine()
     if "command" in results:  # the single-command format of earlier runs
