@@ -124,30 +124,29 @@ def save_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def merged(ours: dict, theirs: dict) -> dict:
-    """`theirs` (the stored results) updated with `ours`: nested dicts merge key by key, lists
-    keep the stored items then append ours that they lack, any other value is ours."""
-    out = dict(theirs)
-    for key, value in ours.items():
-        other = theirs.get(key)
-        if isinstance(value, dict) and isinstance(other, dict):
-            out[key] = merged(value, other)
-        elif isinstance(value, list) and isinstance(other, list):
-            out[key] = other + [item for item in value if item not in other]
-        else:
-            out[key] = value
-    return out
+def merge_stored(ours: dict, stored: dict) -> None:
+    """Add to `ours`, in place, what `stored` (the results on disk) has and `ours` lacks: nested
+    dicts merge key by key, lists keep the stored items then ours, any other value stays ours.
+    In place, so the row dicts a running stage holds stay part of `ours`."""
+    for key, value in stored.items():
+        mine = ours.get(key)
+        if key not in ours:
+            ours[key] = value
+        elif isinstance(mine, dict) and isinstance(value, dict):
+            merge_stored(mine, value)
+        elif isinstance(mine, list) and isinstance(value, list):
+            mine[:] = value + [item for item in mine if item not in value]
 
 
 def save_shared_json(path: Path, data: dict) -> None:
     """Merge `data` into the JSON file at `path` under an exclusive lock, so several benchmark
     processes can share one work dir (e.g. two student runs on two cores) without one
-    overwriting the rows of the other; `data` is updated in place to the merged result."""
+    overwriting the rows of the other; `data` becomes the merged result."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path.with_suffix(".lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         stored = json.loads(path.read_text()) if path.is_file() else {}
-        data.update(merged(data, stored))
+        merge_stored(data, stored)
         save_json(path, data)
 
 
