@@ -273,7 +273,8 @@ def init_stage(oracle, schedule, results: dict, args, save) -> nn.Module:
     trainer = Trainer(cfg, net, dataset, loss_fn=regression_loss_fn(oracle, schedule),
                       sample_fn=lambda *a: None)  # fmt: skip
     ckpt = list_checkpoints(run)
-    if not ckpt or int(ckpt[-1].name.split("_")[1]) < args.init_steps:
+    trained = not ckpt or int(ckpt[-1].name.split("_")[1]) < args.init_steps
+    if trained:
         start = time.perf_counter()
         trainer.fit(resume=True)
         results.setdefault("init_meta", {})["train_seconds_last_call"] = time.perf_counter() - start
@@ -292,10 +293,12 @@ def init_stage(oracle, schedule, results: dict, args, save) -> nn.Module:
         rows[key] = score(x, oracle) | {"samples": args.samples}
         print(f"init {key:>10}: FD {rows[key]['frechet']:.4f}  TV {rows[key]['mode_tv']:.3f}")
         save()
-    results.setdefault("init_meta", {}).update(
-        {"steps": args.init_steps, "batch": args.batch, "width": args.width, "depth": args.depth,
-         "parameters": sum(p.numel() for p in init.parameters()), "lr": 1e-3, "ema": 0.999}
-    )  # fmt: skip
+    meta = {"steps": args.init_steps, "batch": args.batch, "width": args.width,
+            "depth": args.depth, "parameters": sum(p.numel() for p in init.parameters()),
+            "lr": 1e-3, "ema": 0.999}  # fmt: skip
+    stored = results.setdefault("init_meta", {})
+    # a loaded init keeps the record of how it was trained (a students run may use another batch)
+    stored.update(meta if trained else {k: v for k, v in meta.items() if k not in stored})
     save()
     return init
 
