@@ -71,6 +71,7 @@ TEACHER_NFES = (1, 2, 4, 8, 16, 32)
 TEACHER_LONG = ("ddim", "dpmpp_2m")  # also at 256 NFE (the near-exact reference)
 STUDENT_STEPS = (1, 2, 4, 8)
 WEIGHTING = {"name": "sigmoid", "bias": -2.0}
+N_TEACHER_END = MCMConfig.n_teacher_end  # the paper's final annealed N_teacher (1280)
 
 
 # --------------------------------------------------------------------------- a small student net
@@ -368,7 +369,7 @@ def students_stage(oracle, schedule, init: nn.Module, results: dict, args, save)
                 tag += f"_s{args.student_budget}"
             if args.lr_decay != "constant":
                 tag += f"_{args.lr_decay}"
-            if name.startswith("mcm") and args.n_teacher_end != 1280:
+            if name.startswith("mcm") and args.n_teacher_end != N_TEACHER_END:
                 tag += f"_nt{args.n_teacher_end}"
             run = Path(args.work_dir) / "students" / f"{name}{tag}_k{k}_lr{lr:g}_b{args.batch}"
             cfg = run_config(
@@ -511,6 +512,7 @@ def oracle_report(results: dict, args) -> str:
         lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
     lines += ["", "Cells: Frechet distance / mode TV.", ""]
     meta = results.get("init_meta", {})
+    budget_text = f"{GRID_BUDGET} steps" if results.get("students") else "the steps below"
     lines += [
         "## Students (1/2/4/8 steps) vs the teacher's best sampler",
         "",
@@ -523,8 +525,7 @@ def oracle_report(results: dict, args) -> str:
             f"{k} FD {v['frechet']:.4f}" + (f" ({v['samples']} samples)" if "samples" in v else "")
             for k, v in results.get("init", {}).items()
         )
-        + f". Each student then trains for {GRID_BUDGET if results.get('students') else 'the'}"
-        f" steps {'' if results.get('students') else 'below '}(batch {args.batch}, Adam "
+        + f". Each student then trains for {budget_text} (batch {args.batch}, Adam "
         f"beta = (0, 0.99), the learning rate in the table, EMA {args.student_ema}); cells show "
         "the EMA student's Frechet distance / mode TV (raw weights in the JSON).",
         "",
@@ -541,9 +542,10 @@ def oracle_report(results: dict, args) -> str:
             lines += [f"### Longer training: {budget} steps{decay}", ""]
         ends = {r["config"]["n_teacher_end"] for r in students.values()
                 if "n_teacher_end" in r.get("config", {})}  # fmt: skip
-        if ends - {1280}:
+        if ends - {N_TEACHER_END}:
             ends_text = ", ".join(str(n) for n in sorted(ends))
-            lines += [f"MCM anneals `N_teacher` from 64 to {ends_text} here (paper: 1280).", ""]
+            lines += [f"MCM anneals `N_teacher` from 64 to {ends_text} here "
+                      f"(paper: {N_TEACHER_END}).", ""]  # fmt: skip
         lines += student_table(students, results)
         lines += ["", f"Targets (a difference below the exact samples' own distance, {exact:.4f}, "
                   "is a tie):", ""] + target_lines(students, results) + [""]  # fmt: skip
@@ -807,9 +809,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--student-ema", type=float, default=0.99)
     p.add_argument("--lr-decay", choices=("constant", "cosine", "linear"), default="constant",
                    help="students' learning rate after warmup (optim.decay)")  # fmt: skip
-    # 0 here (the library default is 1, as in PAPERS.md): 3.5x lower FD at this budget, see md
-    p.add_argument("--n-teacher-end", type=int, default=1280,
+    p.add_argument("--n-teacher-end", type=int, default=N_TEACHER_END,
                    help="MCM: the annealed teacher discretisation's final N_teacher")  # fmt: skip
+    # 0 here (the library default is 1, as in PAPERS.md): 3.5x lower FD at this budget, see md
     p.add_argument("--aux-teacher-weight", type=float, default=0.0)
     p.add_argument("--aux-steps", type=int, default=1)
     p.add_argument(
