@@ -2,16 +2,16 @@
 And does the covariance correction help on a second-order (DPM-Solver++(2M)) mean path?
 
 On the exact oracle the best `cov_ddim` uses a uniform-t grid shifted by -2 logsnr and samples
-around the mean at the last step (`docs/samplers.md`); on the shipped MNIST model that default
-loses to DDIM (`results/samplers_mnist.md`). This sweeps the choices that the oracle fixed
+around the mean at the last step (`docs/methods/cov_ddim.md`); on the shipped MNIST model that
+default loses to DDIM (`results/samplers_mnist/`). This sweeps the choices that the oracle fixed
 (grid, stochastic or deterministic steps, last-step rule) on the MNIST model with the JVP-free
 `cov_ddim_table` (the same variance model, its expectation over data; one forward per step, so
-a sweep is affordable on a CPU), with
-DDIM and DPM-Solver++(2M) on the same noise for reference, and the JVP `cov_ddim` for the best
-setting. Metric: fd-lenet against the MNIST test statistics (our LeNet features, not FID).
+a sweep is affordable on a CPU), with DDIM and DPM-Solver++(2M) on the same noise for
+reference, and the JVP `cov_ddim` for the best setting. Metric: fd-lenet against the MNIST
+test statistics (our LeNet features, not FID).
 
-Two studies, each stored under its name in results/cov_ddim_mnist.json (a run replaces its own
-study and keeps the other; the markdown shows both):
+Two studies, each stored under its name in `<out>/results.json` (a run replaces its own study
+and keeps the other; the report `<out>/README.md` shows both):
 
 - `cov_ddim`: the `cov_ddim_table` sweep over grids and rules (one NFE);
 - `cov_dpmpp`: `cov_dpmpp_2m_table` (2M mean path + tabulated covariance) over the rules,
@@ -28,19 +28,22 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
-import torch
+from common import (
+    RAW,
+    command_line,
+    machine,
+    markdown_table,
+    read_json,
+    record_run,
+    study_folder,
+    write_json,
+    write_report,
+)
 
-from difflab.data.mnist import load_mnist
-from difflab.eval.features import get_feature_extractor
-from difflab.eval.metrics import frechet_distance
-from difflab.eval.reference import load_reference_stats
-from difflab.sampling import GridChoice, get_sampler, measure_posterior_spectrum
-from difflab.train import load_denoiser
-from difflab.train.allocator import apply_malloc_fix
+from difflab.sampling import GridChoice
 
 GRIDS = {
     "uniform_t": GridChoice("uniform_t"),
@@ -118,33 +121,28 @@ def cov_dpmpp_study(score, table, nfes: list[int], jvp: bool) -> list[dict]:
     return rows
 
 
-def load_studies(path: Path) -> dict:
-    """The stored studies (a file from before the studies were split holds `cov_ddim`)."""
-    if not path.exists():
-        return {}
-    stored = json.loads(path.read_text())
-    if "studies" in stored:
-        return stored["studies"]
-    nfe = int(stored["command"].split("--nfe ")[1].split()[0])
-    rows = [{**r, "nfe": r.get("nfe", nfe)} for r in stored["rows"]]
-    return {"cov_ddim": {"command": stored["command"], "rows": rows}}
-
-
 def render(title: str, study: dict) -> list[str]:
-    lines = [f"## {title}", "", f"`{study['command']}`", ""]
-    lines += ["| NFE | sampler | grid | options | JVPs | fd-lenet | seconds |"]
-    lines += ["|---:|---|---|---|---:|---:|---:|"]
+    cells = []
     for r in study["rows"]:
         opts = ", ".join(f"{k}={v}" for k, v in r["options"].items()) or "-"
-        jvps = r.get("jvps", "-")
-        lines.append(
-            f"| {r['nfe']} | {r['sampler']} | {r['grid']} | {opts} | {jvps} | "
-            f"{r['fd_lenet']:.1f} | {r['seconds']:.0f} |"
-        )
-    return lines + [""]
+        cells.append([r["nfe"], r["sampler"], r["grid"], opts, r.get("jvps", "-"),
+                      f"{r['fd_lenet']:.1f}", f"{r['seconds']:.0f}"])  # fmt: skip
+    header = ["NFE", "sampler", "grid", "options", "JVPs", "fd-lenet", "seconds"]
+    table = markdown_table(header, cells, "rlllrrr")
+    return [f"## {title}", "", f"`{study['command']}`", "", *table, ""]
 
 
 def main(argv=None) -> int:
+    import torch
+
+    from difflab.data.mnist import load_mnist
+    from difflab.eval.features import get_feature_extractor
+    from difflab.eval.metrics import frechet_distance
+    from difflab.eval.reference import load_reference_stats
+    from difflab.sampling import get_sampler, measure_posterior_spectrum
+    from difflab.train import load_denoiser
+    from difflab.train.allocator import apply_malloc_fix
+
     apply_malloc_fix()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoint", default="src/difflab/assets/mnist_uvit.safetensors")
@@ -176,7 +174,7 @@ def main(argv=None) -> int:
         make(), data, levels, generator=torch.Generator().manual_seed(3)
     )
 
-    def score(sampler: str, grid: GridChoice, nfe: int, **options) -> dict:
+    def score(sampler: str, grid, nfe: int, **options) -> dict:
         start = time.perf_counter()
         logsnrs = grid.build(schedule, nfe)
         spec = get_sampler(sampler)
@@ -193,26 +191,42 @@ def main(argv=None) -> int:
     study = cov_ddim_study if args.study == "cov_ddim" else cov_dpmpp_study
     rows = study(score, table, args.nfe, args.jvp)
 
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    command = "python benchmarks/cov_ddim_mnist.py " + " ".join(argv or sys.argv[1:])
-    studies = load_studies(out.with_suffix(".json"))
-    studies[args.study] = {"command": command, "rows": rows}
-    out.with_suffix(".json").write_text(json.dumps({"studies": studies}, indent=1))
-    setup = (
-        f"{args.num} samples, the same noise and random labels for every row (seed 0); fd-lenet "
-        f"vs MNIST test statistics (LeNet features, not FID; small sample, so compare rows, not "
-        f"against other tables). Variance table measured on {args.table_num} training images at "
-        f"{args.table_levels} levels. Machine: {platform.machine()}, 2 shared CPU cores, 1 torch "
-        f"thread, torch {torch.__version__}."
-    )
-    lines = ["# Covariance-aware samplers on the shipped MNIST model", "", setup, ""]
-    for name, title in TITLES.items():
-        if name in studies:
-            lines += render(title, studies[name])
-    out.with_suffix(".md").write_text("\n".join(lines))
-    print(f"wrote {out}.md")
+    folder = study_folder(args.out)
+    command = command_line(argv)
+    stored = read_json(folder / RAW, {"studies": {}})
+    stored["studies"][args.study] = {"command": command, "rows": rows}
+    stored["setup"] = {
+        "num": args.num,
+        "table_num": args.table_num,
+        "table_levels": args.table_levels,
+        "machine": {**machine(), "arch": platform.machine()},
+    }
+    write_json(folder / RAW, stored)
+    write_report(folder, report(stored))
+    record_run(folder, command)
     return 0
+
+
+def report(stored: dict) -> str:
+    """The report of the stored studies (`results.json`)."""
+    setup, m = stored["setup"], stored["setup"]["machine"]
+    text = (
+        f"{setup['num']} samples, the same noise and random labels for every row (seed 0); "
+        "fd-lenet vs MNIST test statistics (LeNet features, not FID; small sample, so compare "
+        "rows, not against other tables). Variance table measured on "
+        f"{setup['table_num']} training images at {setup['table_levels']} levels. Machine: "
+        f"{m['arch']}, {m['cores']} shared CPU cores, {m['torch_threads']} torch thread, "
+        f"torch {m['torch']}."
+    )
+    lines = ["# Covariance-aware samplers on the shipped MNIST model", "", text, ""]
+    for name, title in TITLES.items():
+        if name in stored["studies"]:
+            lines += render(title, stored["studies"][name])
+    return "\n".join(lines)
+
+
+def report_text(folder: Path) -> str:
+    return report(read_json(Path(folder) / RAW))
 
 
 if __name__ == "__main__":

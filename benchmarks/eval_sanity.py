@@ -8,7 +8,7 @@ MNIST-train) under Inception FID (`fid`, needs `difflab[fid]`) and `fd-lenet`:
 - `blur s`: the same test images blurred with a Gaussian kernel of std `s` pixels.
 
 Each corruption family must give a distance that increases with its level. Writes
-`results/eval_sanity.md` and `.json` (machine, sample counts, seeds, timings).
+`results/eval_sanity/README.md` and `results.json` (machine, sample counts, seeds, timings).
 
     python benchmarks/eval_sanity.py --num-fid 1000 --num-lenet 10000
 
@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import resource
 import shlex
 import subprocess
@@ -34,6 +33,16 @@ from pathlib import Path
 import numpy as np
 import scipy.ndimage
 import torch
+from common import (
+    RAW,
+    machine,
+    markdown_table,
+    read_json,
+    record_run,
+    study_folder,
+    write_json,
+    write_report,
+)
 
 from difflab.data.mnist import load_mnist
 from difflab.eval.features import InceptionFeatures, get_feature_extractor
@@ -167,25 +176,9 @@ def throughput(num: int, rounds: int) -> list[dict]:
     return results
 
 
-def machine() -> dict:
-    cpu = (
-        next(
-            (
-                line.split(":", 1)[1].strip()
-                for line in open("/proc/cpuinfo")
-                if "model name" in line
-            ),
-            platform.processor(),
-        )
-        if os.path.exists("/proc/cpuinfo")
-        else platform.processor()
-    )
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "python": platform.python_version(),
+def machine_record() -> dict:
+    """The machine (`common.machine`) with the allocator fix and the load average at start."""
+    return machine() | {
         "malloc_fix": malloc_fix_applied(),
         "load_average_at_start": os.getloadavg()[0],
     }
@@ -223,17 +216,15 @@ def markdown(report: dict) -> str:
             "this shared machine gave (load averages at the end: "
             f"{default['load_average_at_end']:.1f}, {fixed['load_average_at_end']:.1f}).",
             "",
-            "| setting | CPU s/img, default malloc | CPU s/img, malloc fix "
-            "| wall img/s, default | wall img/s, fix |",
-            "|---|---:|---:|---:|---:|",
         ]
-        for name in default["images_per_second"]:
-            lines.append(
-                f"| {name} | {default['cpu_seconds_per_image'][name]:.3f} "
-                f"| {fixed['cpu_seconds_per_image'][name]:.3f} "
-                f"| {default['images_per_second'][name]:.2f} "
-                f"| {fixed['images_per_second'][name]:.2f} |"
-            )
+        header = ["setting", "CPU s/img, default malloc", "CPU s/img, malloc fix",
+                  "wall img/s, default", "wall img/s, fix"]  # fmt: skip
+        cells = [[name, f"{default['cpu_seconds_per_image'][name]:.3f}",
+                  f"{fixed['cpu_seconds_per_image'][name]:.3f}",
+                  f"{default['images_per_second'][name]:.2f}",
+                  f"{fixed['images_per_second'][name]:.2f}"]
+                 for name in default["images_per_second"]]  # fmt: skip
+        lines += markdown_table(header, cells, "lrrrr")
         if "onnx_max_abs_diff" in fixed:
             gap = fixed["onnx_max_abs_diff"]
             lines += ["", f"Largest |feature difference| between `{ONNX_SETTING}` and "
@@ -244,13 +235,13 @@ def markdown(report: dict) -> str:
             f"## {result['feature']} (num = {result['num']} per set, "
             f"sha256 {result['sha256'][:16]})",
             "",
-            "| set | FD | KID (mean +- std over subsets) |",
-            "|---|---:|---:|",
         ]
         whole = result["num"] <= 1000  # KID subsets of min(1000, num): each is the whole set
+        cells = []
         for name, row in result["rows"].items():
             spread = "(whole sets, no spread)" if whole else f"+- {row['kid_std']:.2g}"
-            lines.append(f"| {name} | {row['fd']:.4g} | {row['kid']:.3g} {spread} |")
+            cells.append([name, f"{row['fd']:.4g}", f"{row['kid']:.3g} {spread}"])
+        lines += markdown_table(["set", "FD", "KID (mean +- std over subsets)"], cells, "lrr")
         lines += [
             "",
             f"Monotone in corruption: {result['monotone']}. Feature extraction: "
@@ -269,10 +260,13 @@ def markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def write(report: dict, out: Path) -> None:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    out.with_suffix(".md").write_text(markdown(report) + "\n")
+def write(report: dict, folder: Path) -> None:
+    write_json(folder / RAW, report, indent=2)
+    write_report(folder, markdown(report) + "\n")
+
+
+def report_text(folder: Path) -> str:
+    return markdown(read_json(Path(folder) / RAW)) + "\n"
 
 
 def main() -> None:
@@ -281,21 +275,23 @@ def main() -> None:
     parser.add_argument("--num-lenet", type=int, default=10000, help="images per set for fd-lenet")
     parser.add_argument("--features", default="fd-lenet,fid")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--out", default="results/eval_sanity")
+    parser.add_argument("--out", default="results/eval_sanity", help="the study folder")
     parser.add_argument(
         "--throughput", type=int, default=0, help="measure speed settings on N images"
     )
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--throughput-worker", type=int, default=0, help=argparse.SUPPRESS)
-    parser.add_argument("--render", metavar="JSON", help="only rewrite the .md of a results JSON")
+    parser.add_argument(
+        "--render", action="store_true", help="only re-render <out>/README.md from its JSON"
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument(
-        "--update", action="store_true", help="keep the other results already in <out>.json"
+        "--update", action="store_true", help="keep the other results in <out>/results.json"
     )
     args = parser.parse_args()
+    folder = study_folder(args.out)
     if args.render:
-        report = json.loads(Path(args.render).read_text())
-        Path(args.render).with_suffix(".md").write_text(markdown(report) + "\n")
+        write_report(folder, report_text(folder))
         return
     apply_malloc_fix()
     if args.threads:
@@ -311,29 +307,30 @@ def main() -> None:
         f"--throughput {args.throughput} --rounds {args.rounds}"
         + (f" --threads {args.threads}" if args.threads else ""),
         "seed": args.seed,
-        "machine": machine(),
+        "machine": machine_record(),
         "throughput_images": args.throughput,
         "throughput_rounds": args.rounds,
         "throughput": throughput(args.throughput, args.rounds) if args.throughput else [],
         "results": [],
     }
     features = [f for f in args.features.split(",") if f]
-    out = Path(args.out)
-    if args.update and out.with_suffix(".json").exists():
+    if args.update and (folder / RAW).exists():
         # Keep what this run does not redo; each result and the throughput record their command.
-        old = json.loads(out.with_suffix(".json").read_text())
+        old = read_json(folder / RAW)
         kept = [r for r in old["results"] if r["feature"] not in features]
         if not args.throughput:
             report |= {k: old[k] for k in ("throughput", "throughput_images", "throughput_rounds")}
             report["throughput_command"] = old.get("throughput_command", old["command"])
         report["results"] = kept
     report.setdefault("throughput_command", report["command"])
-    write(report, out)
+    write(report, folder)
     for feature in features:
         result = evaluate(feature, nums[feature], args.seed, None)
-        report["results"].append(result | {"command": report["command"], "machine": machine()})
+        record = {"command": report["command"], "machine": machine_record()}
+        report["results"].append(result | record)
         print(markdown(report))
-        write(report, out)  # after each net: a stopped Inception run keeps the rest
+        write(report, folder)  # after each net: a stopped Inception run keeps the rest
+    record_run(folder, report["command"])
 
 
 if __name__ == "__main__":

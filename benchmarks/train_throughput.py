@@ -10,7 +10,7 @@ subprocess, because the allocator fix (`mallopt`) is process-wide and peak RSS i
     precision   fp32 and bf16 autocast
     allocator   with and without the glibc malloc fix (difflab.train.allocator)
 
-    python benchmarks/train_throughput.py        # all variants -> results/train_throughput.md
+    python benchmarks/train_throughput.py        # all variants -> results/train_throughput/
     python benchmarks/train_throughput.py --steps 3 --warmup 1 --only uvit
 
 diffusers is optional (`pip install diffusers --no-deps huggingface_hub regex requests
@@ -29,7 +29,19 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from common import (
+    RAW,
+    ROOT,
+    command_line,
+    machine,
+    markdown_table,
+    package_version,
+    read_json,
+    record_run,
+    study_folder,
+    write_json,
+    write_report,
+)
 
 # difflab nets at roughly equal parameter count (~2.4-2.8M on 28x28x1); the U-ViT has the shape
 # of configs/mnist_uvit.yaml (Haar stem, one conv level, 4 transformer blocks at 7x7) at width 192
@@ -161,42 +173,32 @@ def run_variant(spec: dict, timeout: float) -> dict:
 
 
 def machine_info() -> dict:
-    import torch
-
     from difflab.train.trainer import cpu_has_native_bf16
 
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    m = machine()
     return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "cpu": m["cpu"],
+        "cores": m["cores"],
+        "torch_threads": m["torch_threads"],
+        "cpu_capability": torch_cpu_capability(),
         "native_bf16": cpu_has_native_bf16(),
         "libc": " ".join(platform.libc_ver()),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
+        "python": m["python"],
+        "torch": m["torch"],
         "OMP_WAIT_POLICY": os.environ.get("OMP_WAIT_POLICY", "default"),
         "load_average_at_start": tuple(round(x, 1) for x in os.getloadavg()),
     }
 
 
-def diffusers_version() -> str | None:
-    try:
-        from importlib.metadata import version
+def torch_cpu_capability() -> str:
+    import torch
 
-        return version("diffusers")
-    except Exception:
-        return None
+    return torch.backends.cpu.get_cpu_capability()
 
 
-def write_markdown(rows: list[dict], info: dict, args, out: Path, elapsed: float) -> None:
+def render(data: dict) -> str:
+    """The report of a stored `results.json` (`info`, `args`, `rows`, `seconds`)."""
+    rows, info, args, elapsed = data["rows"], data["info"], data["args"], data["seconds"]
     lines = [
         "# Training-step throughput (CPU)",
         "",
@@ -204,7 +206,8 @@ def write_markdown(rows: list[dict], info: dict, args, out: Path, elapsed: float
         "",
         "One step = `difflab.train.train_step`: diffusion loss (v-prediction, cosine schedule, "
         "sigmoid weighting), backward, gradient clipping, AdamW, one EMA update; random data, "
-        f"batch {args.batch}, {args.warmup} warm-up step(s) then {args.steps} timed steps, each "
+        f"batch {args['batch']}, {args['warmup']} warm-up step(s) then {args['steps']} timed "
+        "steps, each "
         "variant in a fresh process (the malloc fix is process-wide). Peak memory is the "
         "process's peak RSS (`ru_maxrss`, includes the ~300-400 MiB of the imported libraries).",
         "",
@@ -214,23 +217,10 @@ def write_markdown(rows: list[dict], info: dict, args, out: Path, elapsed: float
         f"(block_out_channels={DIFFUSERS['block_out_channels']}, layers_per_block="
         f"{DIFFUSERS['layers_per_block']}, attention at the lowest level) behind the same step.",
         "",
-        "| shape | net | params | precision | malloc fix | threads | images/s | step s (min-max) "
-        "| peak RSS MiB |",
-        "|---|---|---:|---|---|---:|---:|---|---:|",
     ]
-    for r in rows:
-        if "error" in r:
-            lines.append(
-                f"| {r['shape']} | {r['net']} | | {r['precision']} | "
-                f"{'on' if r['malloc_fix'] else 'off'} | | skipped: {r['error'][:80]} | | |"
-            )
-            continue
-        lines.append(
-            f"| {r['shape']} | {r['net']} | {r['params'] / 1e6:.2f}M | {r['precision']} | "
-            f"{'on' if r['malloc_fix_applied'] else 'off'} | {r['threads']} | "
-            f"{r['images_per_s']:.1f} | "
-            f"{r['step_s_min']:.2f}-{r['step_s_max']:.2f} | {r['peak_rss_mib']:.0f} |"
-        )
+    header = ["shape", "net", "params", "precision", "malloc fix", "threads", "images/s",
+              "step s (min-max)", "peak RSS MiB"]  # fmt: skip
+    lines += markdown_table(header, [variant_cells(r) for r in rows], "llrllrrlr")
     lines += [
         "",
         "Notes: the 2 cores may be shared with other jobs (see the load average), so compare "
@@ -241,8 +231,24 @@ def write_markdown(rows: list[dict], info: dict, args, out: Path, elapsed: float
         "the OS and faulted in again), so a few steps may or may not show it.",
         "",
     ]
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(lines), encoding="utf-8")
+    return "\n".join(lines)
+
+
+def variant_cells(r: dict) -> list:
+    """A row of the table: the measured variant, or why it was skipped."""
+    if "error" in r:
+        fix = "on" if r["malloc_fix"] else "off"
+        return [r["shape"], r["net"], "", r["precision"], fix, "", f"skipped: {r['error'][:80]}",
+                "", ""]  # fmt: skip
+    return [
+        r["shape"], r["net"], f"{r['params'] / 1e6:.2f}M", r["precision"],
+        "on" if r["malloc_fix_applied"] else "off", r["threads"], f"{r['images_per_s']:.1f}",
+        f"{r['step_s_min']:.2f}-{r['step_s_max']:.2f}", f"{r['peak_rss_mib']:.0f}",
+    ]  # fmt: skip
+
+
+def report_text(folder: Path) -> str:
+    return render(read_json(Path(folder) / RAW))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -267,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
         help="torch threads per variant (0: torch's default). On a machine shared with other "
         "jobs, 1 avoids OpenMP's spin-waiting threads fighting for the cores",
     )
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "train_throughput.md")
+    parser.add_argument(
+        "--out", type=Path, default=ROOT / "results" / "train_throughput", help="the study folder"
+    )
     args = parser.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
@@ -277,8 +285,10 @@ def main(argv: list[str] | None = None) -> int:
     info = {
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         **machine_info(),
-        "diffusers": diffusers_version(),
+        "diffusers": package_version("diffusers"),
     }
+    folder = study_folder(args.out)
+    flags = {"batch": args.batch, "warmup": args.warmup, "steps": args.steps}
     print("setup:", json.dumps(info), flush=True)
     rows, start = [], time.perf_counter()
     for shape in args.shapes:
@@ -316,8 +326,11 @@ def main(argv: list[str] | None = None) -> int:
                         f"{shape} {net:15s} {precision} fix={'on ' if fix else 'off'} {shown}",
                         flush=True,
                     )
-                    write_markdown(rows, info, args, args.out, time.perf_counter() - start)
-    print(f"wrote {args.out}")
+                    data = {"info": info, "args": flags, "rows": rows}
+                    data["seconds"] = time.perf_counter() - start
+                    write_json(folder / RAW, data)
+                    write_report(folder, render(data))
+    record_run(folder, command_line(argv))
     return 0
 
 

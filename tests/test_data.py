@@ -24,6 +24,7 @@ from difflab.data import (
     load_fashion_mnist,
     load_mnist,
     load_numpy_pickle,
+    load_sklearn_digits,
     make_dataset,
     prepare_dataset,
     prepare_mnist,
@@ -286,6 +287,11 @@ def test_digits_dataset():
     assert (len(train), len(test)) == (1437, 360)
     assert train.image_shape == (1, 8, 8) and train.num_classes == 10
     digits = datasets.load_digits()
+    images, labels = load_sklearn_digits("train")  # read without importing scikit-learn
+    keep = np.arange(1797) % 5 != 0
+    assert images.dtype == digits.images.dtype and labels.dtype == digits.target.dtype
+    np.testing.assert_array_equal(images, digits.images[keep])
+    np.testing.assert_array_equal(labels, digits.target[keep])
     x, y = test[1]  # every 5th image is test: test[1] is image 5
     np.testing.assert_allclose(x[0].numpy(), digits.images[5] / 8 - 1)
     assert int(y) == digits.target[5]

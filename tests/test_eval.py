@@ -201,6 +201,24 @@ def test_to_uint8_quantizes_unit_range_and_rejects_bad_images():
         to_uint8(torch.zeros(2, 28, 28))
     with pytest.raises(ValueError, match="NaN"):
         to_uint8(torch.full((1, 1, 2, 2), float("nan")))
+    unit = torch.tensor([0.0, 0.2, 1.0, 0.6]).reshape(1, 1, 2, 2)  # float [0, 1] data
+    with pytest.raises(ValueError, match=r"no value below 0: float images must be in \[-1, 1\]"):
+        to_uint8(unit)
+    assert to_uint8(unit * 2 - 1).flatten().tolist() == [0, 51, 255, 153]
+    assert to_uint8(torch.zeros(1, 1, 2, 2)).flatten().tolist() == [128] * 4  # all mid-gray
+
+
+def test_lenet_features_refuse_float_unit_range_images(lenet):
+    """Float [0, 1] digits read as [-1, 1] are gray-on-white: the extractor refuses them rather
+    than return a Frechet distance of a different distribution."""
+    from difflab.eval.reference import reference_images
+
+    digits = reference_images("mnist", "test", 8).float() / 255
+    with pytest.raises(ValueError, match="no value below 0"):
+        lenet(digits, progress=False)
+    np.testing.assert_array_equal(
+        lenet(digits * 2 - 1, progress=False), lenet(reference_images("mnist", "test", 8))
+    )
 
 
 def test_tf1_resize_matrix_hand_example_and_identity():
@@ -405,15 +423,23 @@ def test_eval_cli_scores_the_shipped_model_and_rejects_a_bad_decoder_level(tmp_p
     """`difflab eval CKPT` end to end on a few samples: one JSON record with the resolved grid,
     the honest NFE, a finite fd-lenet, and an ELBO whose decoder level defaults to the schedule's
     end; an out-of-range `--elbo-logsnr-max` is a clear error naming the flag."""
-    from difflab.cli import main, shipped_model_path
+    from difflab import api
+    from difflab.cli import main
 
-    ckpt, out = str(shipped_model_path()), tmp_path / "eval.json"
+    ckpt, out = str(api.shipped_model_path()), tmp_path / "eval.json"
     common = [ckpt, "--num", "24", "--ref-num", "200", "--sampler", "ddim", "--steps", "3"]
     assert main(["eval", *common, "--metric", "fd-lenet,elbo", "--out", str(out)]) == 0
     (record,) = json.loads(out.read_text())
     assert record["grid"] == "default: uniform_t" and record["nfe"] == 3
-    assert record["fd-lenet"] > 0 and np.isfinite(record["fd-lenet"])
-    assert record["elbo_logsnr_max"] == 15.0 and 0 < record["elbo_bits_per_dim"] < 8
+    from difflab.eval.scores import feature_metrics
+
+    gen = api.sample(ckpt, num=24, sampler="ddim", steps=3, progress=False)
+    direct = feature_metrics(gen.samples, ["fd-lenet"], ref_num=200)["fd-lenet"]
+    assert record["fd-lenet"] == pytest.approx(direct, rel=1e-9) and direct > 0
+    # the record holds the ELBO of the first 24 test images, seed 0 (the library call)
+    direct = api.model_elbo(api.load(ckpt), dataset="mnist", split="test", num=24, seed=0)
+    assert record["elbo_logsnr_max"] == 15.0 == direct["elbo_logsnr_max"]
+    assert record["elbo_bits_per_dim"] == direct["elbo_bits_per_dim"]
     assert main(["eval", *common, "--metric", "elbo", "--elbo-logsnr-max", "30"]) == 2
     assert "--elbo-logsnr-max must lie in" in capsys.readouterr().err
 
@@ -463,15 +489,19 @@ def test_feature_extractors_are_cached_per_device(lenet):
 def test_sample_cli_batches_on_the_chosen_device(tmp_path, capsys):
     """`difflab sample --device cpu --batch-size 3` gives the images of one big batch (the
     initial noise comes from one CPU generator), and bad values are errors naming the flag."""
-    from difflab.cli import main, sample_checkpoint, shipped_model_path
+    from difflab import api
+    from difflab.cli import main
 
-    ckpt = shipped_model_path()
+    ckpt = api.shipped_model_path()
+    model = api.load(ckpt, device="cpu")
     kwargs = dict(sampler="ddim", steps=3, num=7, progress=False)
-    small, _ = sample_checkpoint(ckpt, device="cpu", batch_size=3, **kwargs)
-    large, _ = sample_checkpoint(ckpt, device="cpu", batch_size=7, **kwargs)
+    small = api.sample(model, batch_size=3, **kwargs)
+    large = api.sample(model, batch_size=7, **kwargs)
     torch.testing.assert_close(small.samples, large.samples, rtol=1e-4, atol=1e-4)
     common = ["sample", str(ckpt), "--num", "2", "--steps", "2", "--out", str(tmp_path)]
     assert main([*common, "--device", "gpu0"]) == 2
     assert "--device: unknown device 'gpu0'" in capsys.readouterr().err
     assert main([*common, "--batch-size", "0"]) == 2
-    assert "--batch-size must be positive" in capsys.readouterr().err
+    assert "argument --batch-size: must be a positive integer, got '0'" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="batch_size must be a positive integer, got 0"):
+        api.sample(model, num=2, batch_size=0)

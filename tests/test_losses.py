@@ -30,8 +30,8 @@ def _batch(seed=0, n=32):
 
 @pytest.mark.parametrize("bias", [-3.0, -1.0, 0.0, 2.0])
 def test_sigmoid_weight_eps_form_equals_x_form(bias):
-    """PAPERS.md sec. 2: eps-form `1/2 (-dl/dt) sigmoid(b - l) ||eps - eps_hat||^2` equals the
-    x-form `1/2 (-dl/dt) e^l sigmoid(b - l) ||x - x_hat||^2`
+    """SiD2 (docs/design.md, weightings): eps-form `1/2 (-dl/dt) sigmoid(b - l) ||eps - eps_hat||^2`
+    equals the x-form `1/2 (-dl/dt) e^l sigmoid(b - l) ||x - x_hat||^2`
     `= 1/2 (-dl/dt) e^b sigmoid(l - b) ||x - x_hat||^2`."""
     x, x_hat, eps, t = _batch()
     sched = CosineSchedule()

@@ -159,13 +159,30 @@ def test_many_step_ddim_converges_to_the_flow_map_at_first_order():
     assert all(1.6 < r < 2.5 for r in ratios), ratios
 
 
-def test_ddpm_is_ddim_eta_one():
+def test_ddpm_is_the_explicit_ancestral_recursion_and_ddim_eta_one():
+    """DDPM against the ancestral step written out here with scalar arithmetic (VDM eq. 33:
+    `mu = (alpha_s / alpha_t) r z + alpha_s (1 - r) x_hat`, `var = sigma_s^2 (1 - r)`,
+    `r = e^{l_t - l_s}`) on the same noise; DDIM(eta = 1), a different formula (`eps_hat` kept
+    with `sigma_s sqrt(r)`, fresh noise `sigma_s sqrt(1 - r)`), agrees to round-off."""
     g = _gaussian()
     z = _initial_noise(8, g.shape, 2)
     grid = edm_grid(10)
-    a = sample_ddpm(g.denoise, z, grid, generator=torch.Generator().manual_seed(0))
-    b = sample_ddim(g.denoise, z, grid, eta=1.0, generator=torch.Generator().manual_seed(0))
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    ddpm = sample_ddpm(g.denoise, z, grid, generator=torch.Generator().manual_seed(0))
+    gen, state = torch.Generator().manual_seed(0), z.clone()
+    for i in range(10):
+        l_t, l_s = float(grid[i]), float(grid[i + 1])
+        x_hat = g.denoise(state, torch.full((8,), l_t, dtype=torch.float64))
+        noise = torch.randn(state.shape, generator=gen, dtype=torch.float64)
+        a_t = math.sqrt(1 / (1 + math.exp(-l_t)))
+        if math.isinf(l_s):
+            state = x_hat
+            continue
+        a_s, s_s = math.sqrt(1 / (1 + math.exp(-l_s))), math.sqrt(1 / (1 + math.exp(l_s)))
+        r = math.exp(l_t - l_s)
+        state = a_s / a_t * r * state + a_s * (1 - r) * x_hat + s_s * math.sqrt(1 - r) * noise
+    torch.testing.assert_close(ddpm, state, rtol=1e-10, atol=1e-10)
+    ddim = sample_ddim(g.denoise, z, grid, eta=1.0, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(ddim, ddpm, rtol=1e-10, atol=1e-10)
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))

@@ -10,7 +10,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -329,32 +328,43 @@ def test_time_limit_stops_with_a_checkpoint_and_resume_finishes(tmp_path):
         tiny_config(out, "train.max_minutes=-1")
 
 
+# runs `python -m difflab.train ARGS` with `train_step` wrapped to SIGKILL the process in the
+# middle of step KILL_AT (0-based): deterministic, whatever the machine's speed
+KILL_AT = 10
+KILLER = f"""
+import os, signal, sys
+from difflab.train import trainer
+from difflab.train.__main__ import main
+real, calls = trainer.train_step, []
+def train_step(*args, **kwargs):
+    if len(calls) == {KILL_AT}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    calls.append(1)
+    return real(*args, **kwargs)
+trainer.train_step = train_step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_resume_after_sigkill_repeats_the_uninterrupted_run_exactly(tmp_path, digits_npz):
     # a cosine decay as well: the learning rate is a function of the step, so a resume repeats it
     common = ["train.steps=24", "train.ckpt_every=4", "train.keep_last=2", "optim.decay=cosine"]
     full, killed = tmp_path / "full", tmp_path / "killed"
-    # both start at once (the import time dominates); `killed` dies after its first checkpoint
     reference = subprocess.Popen(
         _cli(full, digits_npz, *common),
         env=ENV,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    proc = subprocess.Popen(
-        _cli(killed, digits_npz, *common),
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLER, *_cli(killed, digits_npz, *common)[3:]],
         env=ENV,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        capture_output=True,
+        timeout=300,
     )
-    latest = killed / "checkpoints" / "latest"
-    deadline = time.monotonic() + 240
-    while not latest.exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
     killed_at = newest_valid_checkpoint(killed).step
-    assert killed_at < 24
+    assert killed_at == 8  # killed in step 10 (0-based), after the checkpoint at step 8
 
     subprocess.run(
         [*_cli(killed, digits_npz, *common), "--resume"],
@@ -467,6 +477,21 @@ def test_corrupt_checkpoint_is_named_and_the_previous_one_still_loads(trained_ru
         run_training(resumed, resume=True)  # from step 3
     assert events(run, "resume")[0]["step"] == 3
     assert Checkpoint(newest).verify().step == 6  # rewritten, valid again
+
+
+@pytest.mark.parametrize("failure", ["raises", "returns_nan"])
+def test_nonfinite_sample_grid_is_skipped_with_a_warning_and_training_goes_on(tmp_path, failure):
+    def sample_fn(net, noise, labels):
+        if failure == "raises":  # what the registered samplers do on non-finite output
+            raise FloatingPointError("sampler ddim returned non-finite values")
+        return torch.full_like(noise, math.nan)
+
+    cfg = tiny_config(tmp_path / "run", "train.steps=2", "train.sample_every=1")
+    trainer = Trainer(cfg, build_net(cfg.model.name, **cfg.model.kwargs), make_dataset("digits"),
+                      sample_fn=sample_fn)  # fmt: skip
+    with pytest.warns(UserWarning, match="step 1: no sample grid"):
+        trainer.fit()
+    assert trainer.step == 2 and not (tmp_path / "run" / "samples").exists()
 
 
 def test_nan_losses_are_skipped_counted_and_repeated_ones_stop_the_run(tmp_path):

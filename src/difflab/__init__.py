@@ -1,7 +1,9 @@
 """difflab: pixel-space diffusion research in one notation (logSNR) and one contract (`Denoise`).
 
 The public core is re-exported here; subpackages (`difflab.nets`, `difflab.train`,
-`difflab.eval`, `difflab.methods`, ...) are imported on demand.
+`difflab.eval`, `difflab.methods`, ...) are imported on demand. `difflab.api` loads a trained
+model (checkpoint, run directory, exported file or distilled student), samples and evaluates it;
+the `difflab` command (`difflab.cli`) is a thin parser over it.
 """
 
 from .diffusion import *  # noqa: F403

@@ -52,7 +52,7 @@ class DiffusionConfig:
     schedule_kwargs: dict[str, Any] = field(default_factory=dict)
     prediction: Literal["x", "eps", "v"] = "v"
     weighting: str = "sigmoid"
-    weighting_kwargs: dict[str, Any] = field(default_factory=lambda: {"bias": -2.0})
+    weighting_kwargs: dict[str, Any] = field(default_factory=dict)
     time_sampling: Literal["uniform", "antithetic", "stratified"] = "uniform"
     multiscale_min_resolution: int | None = None
 
@@ -65,6 +65,9 @@ class DiffusionConfig:
         from .diffusion.losses import make_weighting
 
         return make_weighting(self.weighting, **self.weighting_kwargs)
+
+
+LR_DECAYS = ("constant", "cosine", "linear")  # shapes of `difflab.train.trainer.learning_rate`
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,24 @@ def _structured_error(err: OmegaConfBaseException, source: str) -> ValueError:
     return ValueError(f"config key {key!r} ({source}): {msg}")
 
 
+def _apply_override(merged, item: str):
+    """Merge one `key=value` override. A whole keyword dict (`model.kwargs`, `data.kwargs`,
+    `diffusion.schedule_kwargs`, `diffusion.weighting_kwargs`) given as `key={...}` replaces
+    the recipe's dict, so `diffusion.weighting_kwargs={}` clears it; `key.name=value` merges."""
+    key = item.split("=", 1)[0].strip()
+    patch = OmegaConf.from_dotlist([item])
+    value = OmegaConf.select(patch, key)
+    if key.endswith("kwargs") and OmegaConf.is_dict(value):
+        *parents, last = key.split(".")
+        data = node = OmegaConf.to_container(merged)
+        for name in parents:
+            node = node.get(name) if isinstance(node, dict) else None
+        if isinstance(node, dict) and last in node:
+            node[last] = OmegaConf.to_container(value)  # the schema's kwargs default to {}
+            return OmegaConf.merge(OmegaConf.structured(TrainConfig), data)
+    return OmegaConf.merge(merged, patch)
+
+
 def config_from_dict(data: Mapping[str, Any] | None, overrides: Sequence[str] = ()) -> TrainConfig:
     """Merge a nested dict and dotlist overrides into `TrainConfig`, then validate it."""
     schema = OmegaConf.structured(TrainConfig)
@@ -140,7 +161,7 @@ def config_from_dict(data: Mapping[str, Any] | None, overrides: Sequence[str] = 
         if "=" not in item:
             raise ValueError(f"override {item!r} must have the form key=value")
         try:
-            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist([item]))
+            merged = _apply_override(merged, item)
         except OmegaConfBaseException as err:
             raise _structured_error(err, f"override {item!r}") from None
         except Exception as err:  # YAML syntax errors from the value part
@@ -196,17 +217,23 @@ def _accepted_names(target: Callable[..., Any]) -> tuple[set[str], bool]:
 
 
 def check_kwargs(
-    target: Callable[..., Any], kwargs: Mapping[str, Any], key: str, skip: Sequence[str] = ()
+    target: Callable[..., Any],
+    kwargs: Mapping[str, Any],
+    key: str,
+    skip: Sequence[str] = (),
+    what: str | None = None,
 ) -> None:
-    """Reject keys of `kwargs` that `target` does not accept, naming `key.<name>`."""
+    """Reject keys of `kwargs` that `target` (described as `what`) does not accept, naming
+    `key.<name>`."""
     names, var_kw = _accepted_names(target)
     if var_kw:
         return
     unknown = sorted(set(kwargs) - names - set(skip))
     if unknown:
+        hint = f". Keys a recipe set for another choice are cleared by {key}={{}}" if what else ""
         raise ValueError(
             f"unknown config key {key}.{unknown[0]!s} (not accepted by "
-            f"{getattr(target, '__name__', target)}); known: {sorted(names)}"
+            f"{what or getattr(target, '__name__', target)}); known: {sorted(names)}{hint}"
         )
 
 
@@ -219,19 +246,28 @@ def validate_config(cfg: TrainConfig) -> None:
     """Range checks and registry-name/keyword checks; raises `ValueError` naming the key."""
     from .diffusion.losses import WEIGHTINGS
     from .diffusion.schedules import SCHEDULES
-    from .train.trainer import LR_DECAYS
 
     d = cfg.diffusion
     if d.schedule not in SCHEDULES:
         raise ValueError(
             f"config key diffusion.schedule: unknown {d.schedule!r}; known: {sorted(SCHEDULES)}"
         )
-    check_kwargs(SCHEDULES[d.schedule], d.schedule_kwargs, "diffusion.schedule_kwargs")
+    check_kwargs(
+        SCHEDULES[d.schedule],
+        d.schedule_kwargs,
+        "diffusion.schedule_kwargs",
+        what=f"schedule {d.schedule!r}",
+    )
     if d.weighting not in WEIGHTINGS:
         raise ValueError(
             f"config key diffusion.weighting: unknown {d.weighting!r}; known: {sorted(WEIGHTINGS)}"
         )
-    check_kwargs(WEIGHTINGS[d.weighting], d.weighting_kwargs, "diffusion.weighting_kwargs")
+    check_kwargs(
+        WEIGHTINGS[d.weighting],
+        d.weighting_kwargs,
+        "diffusion.weighting_kwargs",
+        what=f"weighting {d.weighting!r}",
+    )
     if d.multiscale_min_resolution is not None:
         _positive(d.multiscale_min_resolution, "diffusion.multiscale_min_resolution")
 

@@ -7,12 +7,13 @@ the old file or the complete new one, never a partial write.
 
 from __future__ import annotations
 
-import contextlib
+import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from ..fileio import write_atomic
 
 DATA_DIR_ENV = "DIFFLAB_DATA"
 
@@ -31,18 +32,9 @@ def data_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def save_npz_atomic(path: Path, **arrays: np.ndarray) -> Path:
-    """Write `arrays` to the compressed `.npz` file `path` atomically (temp file + `os.replace`)."""
+    """Write `arrays` to the compressed `.npz` file `path` atomically (`fileio.write_atomic`:
+    a failed write leaves the old file and no temporary)."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600 files; a data cache may be shared
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    return path
+    return write_atomic(path, buffer.getvalue())

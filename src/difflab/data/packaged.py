@@ -8,6 +8,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -55,18 +56,38 @@ def load_fashion_mnist(
     return images, labels
 
 
+def _digits_csv() -> Path | None:
+    """scikit-learn's `datasets/data/digits.csv.gz`, located without importing scikit-learn
+    (its import costs seconds)."""
+    spec = importlib.util.find_spec("sklearn")
+    for root in (spec.submodule_search_locations or []) if spec is not None else []:
+        path = Path(root) / "datasets" / "data" / "digits.csv.gz"
+        if path.is_file():
+            return path
+    return None
+
+
 def load_sklearn_digits(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
-    """`(images float64 [N, 8, 8] in 0..16, labels int64 [N])`; every 5th image is `test`."""
+    """`(images float64 [N, 8, 8] in 0..16, labels int64 [N])`; every 5th image is `test`.
+
+    Read from scikit-learn's CSV file as `sklearn.datasets.load_digits` does (64 pixel
+    columns then the label), without importing scikit-learn."""
     if split not in ("train", "test"):
         raise ValueError(f"digits split must be 'train' or 'test', got {split!r}")
-    try:
-        from sklearn.datasets import load_digits
-    except ImportError as err:
-        raise ModuleNotFoundError(
-            "the 'digits' dataset needs scikit-learn: `pip install scikit-learn` "
-            "(or `pip install difflab[data]`)"
-        ) from err
-    digits = load_digits()
-    test = np.arange(len(digits.target)) % 5 == 0
+    csv = _digits_csv()
+    if csv is not None:
+        data = np.loadtxt(csv, delimiter=",")
+        images, target = data[:, :-1].reshape(-1, 8, 8), data[:, -1].astype(np.int64)
+    else:
+        try:
+            from sklearn.datasets import load_digits
+        except ImportError as err:
+            raise ModuleNotFoundError(
+                "the 'digits' dataset needs scikit-learn: `pip install scikit-learn` "
+                "(or `pip install difflab[data]`)"
+            ) from err
+        digits = load_digits()
+        images, target = digits.images, digits.target
+    test = np.arange(len(target)) % 5 == 0
     keep = test if split == "test" else ~test
-    return digits.images[keep], digits.target[keep]
+    return images[keep], target[keep]

@@ -1,4 +1,5 @@
-"""The shared core: schedules, parameterizations, losses, guidance and exact oracles."""
+"""The shared core: schedules, parameterizations, Gaussian transitions, losses, guidance and
+exact oracles."""
 
 from .guidance import guided_denoiser
 from .losses import (
@@ -23,6 +24,7 @@ from .parameterization import (
     diffuse,
     eps_from_v,
     eps_from_x,
+    level_for,
     prediction_from_x,
     v_from_eps,
     v_from_x,
@@ -41,6 +43,7 @@ from .schedules import (
     ShiftedCosineSchedule,
     make_schedule,
 )
+from .transitions import ddim_slope, ddim_step, inv_ddim, posterior, posterior_sample
 
 __all__ = [
     "SCHEDULES",
@@ -64,6 +67,12 @@ __all__ = [
     "eps_from_v",
     "eps_from_x",
     "eps_mse_weight",
+    "ddim_slope",
+    "ddim_step",
+    "inv_ddim",
+    "level_for",
+    "posterior",
+    "posterior_sample",
     "guided_denoiser",
     "make_schedule",
     "make_weighting",

@@ -55,6 +55,12 @@ def broadcast_logsnr(logsnr: Tensor, z: Tensor) -> Tensor:
     return logsnr
 
 
+def level_for(logsnr: Tensor, z: Tensor) -> Tensor:
+    """The level handed to a network or `Denoise` for the batch `z`: a scalar grid entry becomes
+    one level per example (`[B]`); a `[B]` or per-element level is returned as it is."""
+    return logsnr.expand(z.shape[0]) if logsnr.ndim == 0 else logsnr
+
+
 def alpha_sigma(logsnr: Tensor) -> tuple[Tensor, Tensor]:
     """`alpha = sqrt(sigmoid(logsnr))`, `sigma = sqrt(sigmoid(-logsnr))`; exact at +-inf."""
     return torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()
@@ -138,7 +144,7 @@ def as_denoiser(
     check_prediction(prediction)
 
     def denoise(z: Tensor, logsnr: Tensor) -> Tensor:
-        level = logsnr.expand(z.shape[0]) if logsnr.ndim == 0 else logsnr
+        level = level_for(logsnr, z)
         x_hat = x_from_prediction(z, net(z, level, **cond), level, prediction)
         return x_hat if clip_x is None else x_hat.clamp(-clip_x, clip_x)
 

@@ -25,7 +25,6 @@ import contextlib
 import functools
 import hashlib
 import importlib.util
-import json
 import os
 import tempfile
 import warnings
@@ -41,6 +40,7 @@ from torch import Tensor
 from tqdm import tqdm
 
 from difflab.eval.lenet import ASSETS, FEATURE_NETS, LeNet
+from difflab.fileio import read_json
 
 RANGE_SLACK = 0.5
 """Float images in [-1.5, 1.5] are clipped to [-1, 1]; beyond that they are rejected."""
@@ -82,11 +82,18 @@ def to_uint8(images: Tensor | np.ndarray, name: str = "images") -> Tensor:
         raise ValueError(f"{name} contains NaN or inf")
     lo, hi = float(images.min()), float(images.max())
     # Model samples may overshoot [-1, 1] a little and are clipped; a larger excursion means
-    # a wrong range (e.g. float [0, 255]). Float [0, 1] cannot be told apart: don't pass it.
+    # a wrong range (e.g. float [0, 255]).
     if lo < -1 - RANGE_SLACK or hi > 1 + RANGE_SLACK:
         raise ValueError(
             f"float {name} must lie in [-1, 1] (up to {RANGE_SLACK} outside is clipped), "
             f"found [{lo:.3g}, {hi:.3g}]; pass uint8 for [0, 255]"
+        )
+    # Images in [-1, 1] have dark pixels below 0; a batch with no negative value at all (and not
+    # all zero) is float [0, 1] data, which would be read as mid-gray to white.
+    if lo >= 0 and hi > 0:
+        raise ValueError(
+            f"float {name} lie in [{lo:.3g}, {hi:.3g}] with no value below 0: float images must "
+            "be in [-1, 1] (from [0, 1]: pass x * 2 - 1), or uint8 in [0, 255]"
         )
     return ((images.float() + 1) * 127.5).round_().clamp_(0, 255).to(torch.uint8)
 
@@ -102,6 +109,16 @@ class FeatureExtractor(ABC):
     batch_size: int = 100
     """images per batch on the CPU; ten times as many on an accelerator."""
     device: torch.device = torch.device("cpu")
+    image_shape: tuple[int, int, int] | None = None
+    """`(C, H, W)` the network takes, or None for any size (1 or 3 channels)."""
+
+    def check_shape(self, shape: tuple[int, ...], what: str = "images") -> None:
+        """Raise `ValueError` unless images of shape `[N, *shape]` fit this network."""
+        if self.image_shape is not None and tuple(shape) != self.image_shape:
+            raise ValueError(
+                f"{self.name} takes images of shape [N, {', '.join(map(str, self.image_shape))}],"
+                f" got {what} of shape [N, {', '.join(map(str, shape))}]"
+            )
 
     @abstractmethod
     def features(self, images: Tensor) -> Tensor:
@@ -329,6 +346,7 @@ class LeNetFeatures(FeatureExtractor):
 
     dim = LeNet.feature_dim
     batch_size = 1000
+    image_shape = (1, 28, 28)
 
     def __init__(self, dataset: str = "mnist", *, device: str = "cpu") -> None:
         if dataset not in FEATURE_NETS:
@@ -341,7 +359,7 @@ class LeNetFeatures(FeatureExtractor):
                 f"{weights} is missing; train it with "
                 f"`python -m difflab.eval.lenet --dataset {dataset}`"
             )
-        record = json.loads(weights.with_suffix(".json").read_text())
+        record = read_json(weights.with_suffix(".json"))
         self.sha256 = _checked_sha256(weights, record["sha256"])
         self.name = LENET_METRICS[dataset]
         self.net = LeNet()
@@ -350,10 +368,7 @@ class LeNetFeatures(FeatureExtractor):
         self.net.eval().to(self.device)
 
     def features(self, images: Tensor) -> Tensor:
-        if images.shape[1:] != (1, 28, 28):
-            raise ValueError(
-                f"{self.name} takes images of shape [N, 1, 28, 28], got {tuple(images.shape)}"
-            )
+        self.check_shape(images.shape[1:])
         return self.net.features(images.float() / 127.5 - 1)
 
 

@@ -26,6 +26,8 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from difflab.fileio import write_json_atomic
+
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 FEATURE_NETS = {"mnist": "lenet_mnist", "fashion_mnist": "lenet_fashion_mnist"}
 """dataset -> file stem of its shipped feature net in `difflab/assets/`."""
@@ -147,7 +149,7 @@ def train_feature_net(
         f"torch {torch.__version__}, load average {os.getloadavg()[0]:.1f} (shared machine)",
         "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
     }
-    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2) + "\n")
+    write_json_atomic(out_dir / f"{stem}.json", record)
     return record
 
 
@@ -159,7 +161,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     parser.add_argument("--out-dir", default=str(ASSETS))
     args = parser.parse_args(argv)
-    from difflab.train.allocator import apply_malloc_fix
+    from difflab.allocator import apply_malloc_fix
 
     apply_malloc_fix()
     if args.threads:

@@ -11,14 +11,14 @@ Every numeric key other than `nfe` is a metric; `plot_quality_vs_nfe` draws one 
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from torch import Tensor
 
-from difflab.train.monitor import image_grid
+from difflab.fileio import read_json
+from difflab.images import image_grid
 
 
 def _pyplot():
@@ -34,7 +34,7 @@ def _pyplot():
 def read_records(path: str | Path) -> list[dict]:
     """The records of a results JSON (see the module docstring)."""
     path = Path(path)
-    data = json.loads(path.read_text())
+    data = read_json(path)
     records = data.get("records") if isinstance(data, dict) else data
     if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
         raise ValueError(f"{path}: expected a list of records or {{'records': [...]}}")

@@ -12,6 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from difflab.data import load_fashion_mnist, load_mnist
 from difflab.data.cache import data_dir, save_npz_atomic
@@ -29,6 +30,22 @@ DATASETS: dict[str, Callable[[str], np.ndarray]] = {
     "fashion_mnist": _images(load_fashion_mnist),
 }
 """dataset name -> `split -> uint8 images [N, C, H, W]`."""
+DATASET_SHAPES: dict[str, tuple[int, int, int]] = {
+    "mnist": (1, 28, 28),
+    "fashion_mnist": (1, 28, 28),
+}
+"""dataset name -> `(C, H, W)` of its images (known without loading them)."""
+
+
+def check_dataset(dataset: str) -> None:
+    if dataset not in DATASETS:
+        raise ValueError(f"unknown reference dataset {dataset!r}; known: {sorted(DATASETS)}")
+
+
+def reference_images(dataset: str, split: str, num: int | None = None) -> torch.Tensor:
+    """The first `num` (all if None) uint8 images `[N, C, H, W]` of a reference split."""
+    check_dataset(dataset)
+    return torch.from_numpy(DATASETS[dataset](split)[:num])
 
 
 def refstats_dir() -> Path:
@@ -76,6 +93,16 @@ def load_reference_stats(
         return GaussianStats(data["mu"], data["cov"], int(data["num"]))
 
 
+def cached_reference_stats(dataset: str, split: str, extractor: FeatureExtractor) -> GaussianStats:
+    """`load_reference_stats`, computing and caching them first when missing."""
+    try:
+        return load_reference_stats(dataset, split, extractor)
+    except FileNotFoundError:
+        print(f"computing {extractor.name} reference statistics of {dataset}/{split} (cached once)")
+        compute_reference_stats(dataset, split, extractor.name, device=str(extractor.device))
+        return load_reference_stats(dataset, split, extractor)
+
+
 def compute_reference_stats(
     dataset: str,
     split: str = "train",
@@ -87,8 +114,7 @@ def compute_reference_stats(
 ) -> Path:
     """Extract features of the first `num` images (all if None) of a split on `device` and cache
     their stats."""
-    if dataset not in DATASETS:
-        raise ValueError(f"unknown reference dataset {dataset!r}; known: {sorted(DATASETS)}")
+    check_dataset(dataset)
     extractor = get_feature_extractor(feature, device)
     images = DATASETS[dataset](split)
     if num is not None:

@@ -7,7 +7,9 @@ lands where the teacher's probability-flow ODE lands at the segment's lower boun
     DDIM_{t->s}(x, z_t)    = a_s x + (s_s / s_t)(z_t - a_t x)
     invDDIM_{t->s}(z_s, z_t) = (z_s - (s_s / s_t) z_t) / (a_s - a_t s_s / s_t)
 
-Training (paper Alg. 1/2, PAPERS.md sec. 3): the teacher ODE is discretised into
+The two DDIM maps are `difflab.diffusion.transitions.ddim_step` and `inv_ddim`.
+
+Training (paper Alg. 1/2; docs/methods/consistency.md): the teacher ODE is discretised into
 `T = N_seg * student_steps` steps (`N_seg = round(N_teacher / student_steps)`, `N_teacher` annealed
 from 64 to 1280); draw a segment `step` and `n ~ U{1..N_seg}`, `t = t_step + n / T`, `s = t - 1/T`;
 
@@ -31,31 +33,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
-from ..diffusion.parameterization import Denoise, alpha_sigma, broadcast_logsnr, diffuse
+from ..diffusion.parameterization import Denoise, broadcast_logsnr, diffuse
 from ..diffusion.schedules import Schedule
-from ..sampling import ddim_step, sample_ddim, uniform_t_grid
+from ..diffusion.transitions import ddim_step, inv_ddim
+from ..sampling import sample_ddim, uniform_t_grid
 from ..sampling.addim import addim_step, analytic_x_var
 
 Variant = Literal["cd", "ct"]
-
-
-# --------------------------------------------------------------------------- DDIM and its inverse
-
-
-def ddim_to(x: Tensor, z_t: Tensor, logsnr_t: Tensor, logsnr_s: Tensor) -> Tensor:
-    """`DDIM_{t->s}(x, z_t) = a_s x + (s_s / s_t)(z_t - a_t x)` (the deterministic DDIM step)."""
-    return ddim_step(z_t, x, logsnr_t, logsnr_s)
-
-
-def inv_ddim(z_s: Tensor, z_t: Tensor, logsnr_t: Tensor, logsnr_s: Tensor) -> Tensor:
-    """The `x` with `DDIM_{t->s}(x, z_t) = z_s`: `(z_s - (s_s/s_t) z_t) / (a_s - a_t s_s/s_t)`.
-
-    The denominator is written `-a_s expm1((l_t - l_s) / 2)` (as `a_t s_s / (s_t a_s) =
-    e^{(l_t - l_s)/2}`), which keeps its precision when the two levels are close."""
-    l_t, l_s = broadcast_logsnr(logsnr_t, z_t), broadcast_logsnr(logsnr_s, z_t)
-    _, sigma_t = alpha_sigma(l_t)
-    alpha_s, sigma_s = alpha_sigma(l_s)
-    return (z_s - (sigma_s / sigma_t) * z_t) / (-alpha_s * torch.expm1(0.5 * (l_t - l_s)))
 
 
 # --------------------------------------------------------------------------- the training target
@@ -104,7 +88,7 @@ def mcm_target(
     in one DDIM step to where the student, started from the teacher's `z_s`, lands."""
     with torch.no_grad():
         x_ref = student(z_s, logsnr_s.to(z_s.dtype)).double()
-    z_ref = ddim_to(x_ref, z_s.double(), logsnr_s, logsnr_step)
+    z_ref = ddim_step(z_s.double(), x_ref, logsnr_s, logsnr_step)
     return inv_ddim(z_ref, z_t.double(), logsnr_t, logsnr_step)
 
 

@@ -34,6 +34,7 @@ from ..diffusion.losses import Weighting
 from ..diffusion.oracle import GaussianMixtureOracle
 from ..diffusion.parameterization import Denoise, as_denoiser, check_prediction
 from ..diffusion.schedules import Schedule
+from ..fileio import read_json, write_atomic, write_json_atomic
 from .consistency import MCMConfig, mcm_grid, mcm_loss_fn, sample_mcm
 from .moment_matching import (
     MMDConfig,
@@ -220,10 +221,7 @@ def read_student_spec(path: str | Path) -> dict[str, Any] | None:
     for folder in (path, path.parent.parent):  # a run directory, or a checkpoint folder in one
         file = folder / STUDENT_FILE
         if file.is_file():
-            try:
-                return json.loads(file.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as err:
-                raise ValueError(f"student record {file} is corrupt: {err}") from None
+            return read_json(file)  # a corrupt record: ValueError naming the file
     return None
 
 
@@ -244,7 +242,7 @@ def student_sampling(path: str | Path) -> dict[str, Any] | None:
 
 def export_student(path: str | Path, out_file: str | Path, ema: float | bool = True) -> Path:
     """`export_model` plus the student record in the metadata (`difflab_student`)."""
-    from ..train.checkpoint import export_model, safetensors_bytes, write_atomic
+    from ..train.checkpoint import export_model, safetensors_bytes
 
     spec = read_student_spec(path)
     if spec is None:
@@ -418,7 +416,7 @@ def _write_student_record(run_dir: Path, spec: dict[str, Any]) -> None:
                 f"{old['config']}); choose another output directory"
             )
     run_dir.mkdir(parents=True, exist_ok=True)
-    file.write_text(json.dumps(spec, indent=1), encoding="utf-8")
+    write_json_atomic(file, spec, indent=1)
 
 
 def distill(

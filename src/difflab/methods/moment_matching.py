@@ -2,12 +2,13 @@
 
 A `k`-step student `g(z_t, t) -> x~` samples ancestrally: from `z_t` it predicts `x~` and draws
 `z_s ~ q(z_s | z_t, x~)`, the Gaussian diffusion posterior (mean
-`e^{l_t - l_s} (a_s/a_t) z_t + a_s (1 - e^{l_t - l_s}) x~`, variance `s_s^2 (1 - e^{l_t - l_s})`);
-the last step returns `x~`. This is DDPM's ancestral step with `x_hat = x~` (`sample_mmd`).
+`e^{l_t - l_s} (a_s/a_t) z_t + a_s (1 - e^{l_t - l_s}) x~`, variance `s_s^2 (1 - e^{l_t - l_s})`;
+`difflab.diffusion.transitions.posterior_sample`); the last step returns `x~`. This is DDPM's
+ancestral step with `x_hat = x~` (`sample_mmd`).
 
 The student is right when the conditional moments match along its own trajectory:
 `E_g[x~ | z_s] = g_teacher(z_s)` for `s ~ U(0, 1)`, `t = min(1, s + U(0, 1/k))`, `z_t ~ q(z_t | x)`
-from data. Two ways to enforce it (docs/distillation.md derives both):
+from data. Two ways to enforce it (docs/methods/moment_matching.md derives both):
 
 - **alternating** (paper Alg. 2): an auxiliary denoiser `phi` (initialised from the teacher) is fit
   to the student's samples, `w(s) [||x~ - g_phi(z_s)||^2 + ||g_teacher(z_s) - g_phi(z_s)||^2]`,
@@ -36,12 +37,13 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jvp
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..diffusion.losses import Weighting, weighted_x_loss
 from ..diffusion.parameterization import Denoise, as_denoiser, broadcast_logsnr, diffuse
 from ..diffusion.schedules import Schedule
-from ..nets.layers import math_attention
-from ..sampling import ddim_step, sample_ddpm, uniform_t_grid
+from ..diffusion.transitions import posterior_sample
+from ..sampling import sample_ddpm, uniform_t_grid
 from .consistency import check_student_steps
 
 Variant = Literal["alternating", "param"]
@@ -83,11 +85,6 @@ class MMDConfig:
 
 
 # --------------------------------------------------------------------------- sampling
-
-
-def posterior_sample(z_t: Tensor, x: Tensor, logsnr_t: Tensor, logsnr_s: Tensor, noise: Tensor):
-    """`z_s ~ q(z_s | z_t, x)`: the ancestral (DDIM eta = 1) step with `x_hat = x`."""
-    return ddim_step(z_t, x, logsnr_t, logsnr_s, eta=1.0, noise=noise)
 
 
 def mmd_grid(schedule: Schedule, student_steps: int) -> Tensor:
@@ -269,13 +266,13 @@ def teacher_output_jvp(
     labels: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     """`(g_theta(z_s), J_theta g_theta(z_s) . direction)`: the teacher's output and its change
-    along a parameter direction, by one forward-mode JVP (math attention: the fused kernels
-    have no forward AD)."""
+    along a parameter direction, by one forward-mode JVP (PyTorch's math attention kernel: the
+    fused kernels have no forward AD)."""
 
     def output(p: Params) -> Tensor:
         return functional_teacher(net, p, prediction, labels)(z_s, logsnr_s)
 
-    with math_attention(), torch.no_grad():
+    with sdpa_kernel(SDPBackend.MATH), torch.no_grad():
         return jvp(output, (params,), (direction,))
 
 

@@ -8,9 +8,11 @@ Attention goes through `torch.nn.functional.scaled_dot_product_attention` (fused
 kernels have no forward-mode AD: under `torch.func.jvp` the CPU kernel raises
 `NotImplementedError: Trying to use forward AD with _scaled_dot_product_flash_attention_for_cpu`
 (torch 2.13; the fused CUDA kernels have no forward-AD formula either, not checked on a GPU
-here). The covariance-aware sampler needs `jvp` through the net, so `math_attention()` (or
-`attention_backend("math")`) switches every attention layer to the explicit
-`softmax(q k^T / sqrt(d)) v`, which supports forward and reverse mode AD and float64.
+here). Code that needs `jvp` through a net (the covariance-aware samplers, parameter-space moment
+matching) runs it under PyTorch's own `torch.nn.attention.sdpa_kernel(SDPBackend.MATH)`, whose
+math kernel has forward-mode AD. `math_attention()` (or `attention_backend("math")`) switches
+every attention layer of the process to the explicit `softmax(q k^T / sqrt(d)) v` instead (used
+where a tool needs plain matrix products, e.g. the FLOP counter in `cost.py`).
 """
 
 from __future__ import annotations

@@ -117,40 +117,36 @@ class ResidualUViT(UViT):
     dense_skips = False
 
 
+def small_uvit_config(
+    in_channels: int, resolution: int, conv_channels: int, width: int, **overrides
+) -> UViTConfig:
+    """The small-image U-ViT family: a Haar stem to half resolution, one conv level of
+    `conv_channels`, four transformer blocks of `width` (4 heads) over 2x2 patches."""
+    base = dict(
+        in_channels=in_channels,
+        resolution=resolution,
+        channels=(conv_channels,),
+        num_blocks=1,
+        stem="haar",
+        patch_size=2,
+        transformer_width=width,
+        transformer_depth=4,
+        heads=4,
+        emb_dim=128,
+    )
+    return UViTConfig(**{**base, **overrides})
+
+
 def mnist_uvit_config(**overrides) -> UViTConfig:
     """A 2.4M-parameter U-ViT for 28x28x1 (MNIST): Haar to 14x14, one conv level (32 channels)
     at 14x14, four transformer blocks (width 192) over 7x7 tokens. 0.24 GFLOP per image forward
     (FlopCounterMode), ~0.72 GFLOP per image for training: compute-bound, it trains at about the
     CPU's matmul rate (`train_throughput`, batch 128: 23-26 img/s on one shared AVX2 core whose
     1024^2 matmul ran at 22-37 GFLOP/s)."""
-    base = dict(
-        in_channels=1,
-        resolution=28,
-        channels=(32,),
-        num_blocks=1,
-        stem="haar",
-        patch_size=2,
-        transformer_width=192,
-        transformer_depth=4,
-        heads=4,
-        emb_dim=128,
-    )
-    return UViTConfig(**{**base, **overrides})
+    return small_uvit_config(1, 28, 32, 192, **overrides)
 
 
 def cifar_uvit_config(**overrides) -> UViTConfig:
     """A 4.4M-parameter U-ViT for 32x32x3 (0.69 GFLOP per image forward): Haar to 16x16, one
     conv level (64 channels) at 16x16, four transformer blocks (width 256) over 8x8 tokens."""
-    base = dict(
-        in_channels=3,
-        resolution=32,
-        channels=(64,),
-        num_blocks=1,
-        stem="haar",
-        patch_size=2,
-        transformer_width=256,
-        transformer_depth=4,
-        heads=4,
-        emb_dim=128,
-    )
-    return UViTConfig(**{**base, **overrides})
+    return small_uvit_config(3, 32, 64, 256, **overrides)

@@ -1,5 +1,5 @@
 """aDDIM: DDIM with the variance of the data posterior put back (Heek, Hoogeboom, Salimans 2024,
-"Multistep Consistency Models", sec. 4; PAPERS.md sec. 3).
+"Multistep Consistency Models", sec. 4; docs/methods/addim.md).
 
 DDIM moves along `z_s = alpha_s x + (sigma_s / sigma_t)(z_t - alpha_t x)`, which is linear in `x`
 with slope `kappa = alpha_s - alpha_t sigma_s / sigma_t`. Plugging in the mean `x_hat` instead of a
@@ -24,9 +24,17 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from ..diffusion.parameterization import Denoise, alpha_sigma, broadcast_logsnr, diffuse
-from .ddim import Callback, eps_from_z, level_for, prepare_grid
-from .registry import register_sampler
+from ..diffusion.parameterization import (
+    Denoise,
+    alpha_sigma,
+    broadcast_logsnr,
+    diffuse,
+    eps_from_x,
+    level_for,
+)
+from ..diffusion.transitions import ddim_slope
+from .grids import prepare_grid
+from .registry import Callback, register_sampler
 
 XVar = Callable[[Tensor], Tensor]
 """`logsnr -> x_var`, the per-dimension posterior variance estimate (broadcasts like logsnr)."""
@@ -112,10 +120,9 @@ def addim_step(
 ) -> Tensor:
     """One aDDIM transition `z_t -> z_s` (module docstring)."""
     l_t, l_s = broadcast_logsnr(logsnr_t, z), broadcast_logsnr(logsnr_s, z)
-    alpha_t, sigma_t = alpha_sigma(l_t)
     alpha_s, sigma_s = alpha_sigma(l_s)
-    eps_hat = eps_from_z(z, x_hat, l_t)
-    kappa = alpha_s - alpha_t * sigma_s / sigma_t
+    eps_hat = eps_from_x(z, x_hat, l_t)
+    kappa = ddim_slope(l_t, l_s)
     dims = tuple(range(1, z.ndim))
     d_over_norm = z[0].numel() / eps_hat.pow(2).sum(dims, keepdim=True)
     scale = (sigma_s**2 + d_over_norm * kappa**2 * x_var).sqrt()

@@ -1,10 +1,10 @@
 """Covariance-aware DDIM: DDIM whose transition carries the data-posterior covariance, estimated
-from the denoiser by Tweedie's second-order identity with one JVP per step (PAPERS.md sec. 6;
-derivation and measurements in docs/samplers.md).
+from the denoiser by Tweedie's second-order identity with one JVP per step (derivation and
+measurements in docs/methods/cov_ddim.md and results/samplers/notes.md).
 
 DDIM's update `z_s = alpha_s x + (sigma_s / sigma_t)(z_t - alpha_t x)` is exact in distribution
-when `x ~ p(x | z_t)`; it is linear in `x` with slope `kappa = alpha_s - alpha_t sigma_s/sigma_t`.
-Writing `x = x_hat + delta` with `delta ~ N(0, Cov[x | z_t])` (a Gaussian posterior):
+when `x ~ p(x | z_t)`; it is linear in `x` with slope `kappa = alpha_s - alpha_t sigma_s/sigma_t`
+(`transitions.ddim_slope`). Writing `x = x_hat + delta` with `delta ~ N(0, Cov[x | z_t])`:
 
     z_s = alpha_s x_hat + sigma_s eps_hat + kappa delta,  eps_hat = (z_t - alpha_t x_hat)/sigma_t.
 
@@ -27,12 +27,13 @@ the result is clipped to `[0, prior_var]`.
 `cov_ddim_table` replaces the JVP by a table of the batch-average it estimates:
 `E_z Cov[x | z_t] = E (x - x_hat)(x - x_hat)^T` (law of total variance), measured once per model
 on data as the DCT spectrum of the denoiser's error (`measure_posterior_spectrum`): one forward
-per step, no JVP.
+per step, no JVP. `run_cov` is the step loop that `cov_dpmpp.py` reuses on 2M's mean path.
 
 NFE (paper convention: a forward with its JVP is one evaluation) = steps; JVPs = steps
-(steps - 1 with `final="mean"`). Levels may differ per example (or per leading dim, e.g. per
-frame) with `pooling="example"` but must be constant over the pooled dims (`[C, H, W]`, or
-`[H, W]` without channel pooling): the DCT structure assumes one noise level per image.
+(steps - 1 with `final="mean"`). The JVP runs with PyTorch's math attention kernel
+(`sdpa_kernel(SDPBackend.MATH)`: the fused kernels have no forward-mode AD). Levels may differ
+per example (or per leading dim, e.g. per frame) with `pooling="example"` but must be constant
+over the pooled dims `[C, H, W]`: the DCT structure assumes one noise level per image.
 """
 
 from __future__ import annotations
@@ -42,13 +43,20 @@ from dataclasses import dataclass
 
 import torch
 from torch import Tensor
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from ..diffusion.dct import dct_matrix, radial_bands
-from ..diffusion.parameterization import Denoise, alpha_sigma, broadcast_logsnr
-from ..nets.layers import math_attention
+from ..diffusion.parameterization import (
+    Denoise,
+    alpha_sigma,
+    broadcast_logsnr,
+    eps_from_x,
+    level_for,
+)
+from ..diffusion.transitions import ddim_step, one_minus_snr_ratio
 from .addim import VarianceTable, analytic_x_var, noise_like
-from .ddim import Callback, ddim_step, eps_from_z, level_for, prepare_grid
-from .registry import register_sampler
+from .grids import check_level_per_image, prepare_grid
+from .registry import Callback, register_sampler
 
 VARIANTS = ("stochastic", "deterministic")
 FINALS = ("stochastic", "deterministic", "mean")
@@ -58,22 +66,18 @@ POOLINGS = ("batch", "example", "profile")
 
 @dataclass(frozen=True)
 class BandBasis:
-    """The orthonormal 2-D DCT of `[..., H, W]` and averages over radial bands.
-
-    `num_bands=None` keeps every coefficient separate (no pooling); `pool_channels` also averages
-    over dim -3 (the channels)."""
+    """The orthonormal 2-D DCT of `[..., C, H, W]` and averages over channels and radial bands
+    (`bands=None`: every coefficient separate)."""
 
     mh: Tensor
     mw: Tensor
     bands: Tensor | None  # one-hot [H * W, num_bands] (None: no band pooling)
-    pool_channels: bool
 
     @classmethod
     def for_shape(
         cls,
         shape: tuple[int, ...],
         num_bands: int | None = 8,
-        pool_channels: bool = True,
         *,
         device=None,
         dtype: torch.dtype = torch.float32,
@@ -88,7 +92,7 @@ class BandBasis:
             onehot = torch.nn.functional.one_hot(radial_bands(h, w, num_bands).flatten(), num_bands)
             onehot = onehot[:, onehot.sum(0) > 0].to(device=device, dtype=dtype)  # no empty bands
         m = {n: dct_matrix(n, dtype=dtype, device=device) for n in (h, w)}
-        return cls(m[h], m[w], onehot, pool_channels)
+        return cls(m[h], m[w], onehot)
 
     def to_freq(self, x: Tensor) -> Tensor:
         return self.mh @ x @ self.mw.T
@@ -97,28 +101,17 @@ class BandBasis:
         return self.mh.T @ c @ self.mw
 
     def pool(self, e: Tensor) -> Tensor:
-        """Band means of `e [..., C, H, W]`: `[..., C or 1, num_bands]` (or `e` unpooled)."""
+        """Means of `e [..., C, H, W]` over channels and bands: `[..., 1, num_bands]` (or
+        `[..., 1, H, W]` without bands)."""
         if self.bands is None:
-            return e.mean(-3, keepdim=True) if self.pool_channels else e
-        flat = e.flatten(-2) @ self.bands / self.bands.sum(0)
-        return flat.mean(-2, keepdim=True) if self.pool_channels else flat
+            return e.mean(-3, keepdim=True)
+        return (e.flatten(-2) @ self.bands / self.bands.sum(0)).mean(-2, keepdim=True)
 
     def expand(self, band_values: Tensor, shape: torch.Size) -> Tensor:
         """Inverse of `pool` on constants: the per-coefficient map `[..., C, H, W]`."""
         if self.bands is None:
             return band_values.expand(shape)
         return (band_values @ self.bands.T).unflatten(-1, shape[-2:]).expand(shape)
-
-
-def check_level_shape(logsnr: Tensor, z: Tensor, basis: BandBasis) -> None:
-    """The level must be constant over the pooled dims (no host sync: shapes only)."""
-    level = broadcast_logsnr(logsnr, z)
-    pooled = 3 if basis.pool_channels else 2
-    if level.ndim and any(s != 1 for s in level.shape[-pooled:]):
-        raise ValueError(
-            f"cov_ddim needs one level per image: logsnr of shape {tuple(logsnr.shape)} varies "
-            f"over the last {pooled} dims of z {tuple(z.shape)} that the band covariance pools"
-        )
 
 
 def draw_probe(shape: torch.Size, probe: str, generator, like: Tensor) -> Tensor:
@@ -135,8 +128,7 @@ def tweedie_probe(
     """`(x_hat, u * (F Cov F^T u))`: the posterior mean and the per-coefficient Hutchinson
     products of `Cov[x | z] = (sigma^2 / alpha) dx_hat/dz` from one JVP along `F^T u`."""
     level = level_for(logsnr, z)
-    # fused attention kernels have no forward-mode AD: nets take their explicit path here
-    with math_attention():
+    with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward-mode AD
         x_hat, jv = torch.func.jvp(lambda y: denoise(y, level), (z,), (basis.from_freq(u),))
     alpha, sigma = alpha_sigma(broadcast_logsnr(logsnr, z))
     return x_hat, u * basis.to_freq(sigma**2 / alpha * jv)
@@ -146,15 +138,15 @@ def tweedie_band_covariance(
     denoise: Denoise, z: Tensor, logsnr: Tensor, basis: BandBasis, u: Tensor
 ) -> tuple[Tensor, Tensor]:
     """`(x_hat, c)`: the posterior mean and the band means (per example) of the DCT diagonal of
-    `Cov[x | z]` from one JVP (`c`: `[..., C or 1, num_bands]`, unclipped)."""
+    `Cov[x | z]` from one JVP (`c`: `[..., 1, num_bands]`, unclipped)."""
     x_hat, products = tweedie_probe(denoise, z, logsnr, basis, u)
     return x_hat, basis.pool(products) / basis.pool(u * u)
 
 
 def pooled_covariance(products: Tensor, u: Tensor, basis: BandBasis, pooling: str) -> Tensor:
-    """The per-coefficient variance map `[B or 1, C or 1, H, W]` from Hutchinson products:
+    """The per-coefficient variance map `[B or 1, C, H, W]` from Hutchinson products:
 
-    - "example": per example, averaged within bands (and channels);
+    - "example": per example, averaged within bands and channels;
     - "batch": that, averaged over the batch too (one spectrum per level);
     - "profile": per-example band levels times the batch's per-coefficient shape within each
       band (`num_bands` sets how many per-example degrees of freedom there are).
@@ -166,7 +158,7 @@ def pooled_covariance(products: Tensor, u: Tensor, basis: BandBasis, pooling: st
     if pooling == "batch":
         band = basis.pool(products).mean(0, keepdim=True) / basis.pool(uu).mean(0, keepdim=True)
         return basis.expand(band, shape)
-    full = BandBasis(basis.mh, basis.mw, None, basis.pool_channels)
+    full = BandBasis(basis.mh, basis.mw, None)
     profile = full.pool(products).mean(0, keepdim=True) / full.pool(uu).mean(0, keepdim=True)
     profile = profile.clamp_min(0)
     band_mean = basis.expand(basis.pool(profile), profile.shape)
@@ -193,19 +185,19 @@ def cov_ddim_step(
     """One transition with the DCT-diagonal posterior variance map `c` (module docstring);
     `noise` (standard normal, DCT coordinates) is needed for the stochastic variant or eta > 0.
 
-    `eta > 0` starts from DDIM(eta) (`ddim.py`): `w^2 = eta^2 sigma_s^2 (1 - e^{l_t - l_s})` of
-    the noise is fresh white noise, `eps_hat` keeps `sqrt(sigma_s^2 - w^2)`, and the slope in
-    `x` becomes `kappa = alpha_s - alpha_t sqrt(sigma_s^2 - w^2) / sigma_t` (docs/samplers.md,
+    `eta > 0` starts from DDIM(eta): `w^2 = eta^2 sigma_s^2 (1 - e^{l_t - l_s})` of the noise
+    is fresh white noise, `eps_hat` keeps `sqrt(sigma_s^2 - w^2)`, and the slope in `x` becomes
+    `kappa = alpha_s - alpha_t sqrt(sigma_s^2 - w^2) / sigma_t` (docs/methods/cov_ddim.md,
     "Covariance-aware DPM-Solver++(2M)", eq. M5)."""
     l_t, l_s = broadcast_logsnr(logsnr_t, z), broadcast_logsnr(logsnr_s, z)
     alpha_t, sigma_t = alpha_sigma(l_t)
     alpha_s, sigma_s = alpha_sigma(l_s)
     keep, white = sigma_s, None
     if eta > 0:
-        white = (eta * sigma_s) ** 2 * -torch.expm1(l_t - l_s)
+        white = (eta * sigma_s) ** 2 * one_minus_snr_ratio(l_t, l_s)
         keep = (sigma_s**2 - white).clamp_min(0).sqrt()
     kappa = alpha_s - alpha_t * keep / sigma_t
-    eps_hat = eps_from_z(z, x_hat, l_t)
+    eps_hat = eps_from_x(z, x_hat, l_t)
     if variant == "stochastic":
         out = alpha_s * x_hat + keep * eps_hat
         if white is None:
@@ -220,7 +212,8 @@ def cov_ddim_step(
     return alpha_s * x_hat + basis.from_freq(scale * e + white.sqrt() * noise)
 
 
-def _check_rules(variant: str, final: str | None) -> str:
+def check_rules(variant: str, final: str | None) -> str:
+    """Validate `variant` and `final`; returns the last step's rule (`final=None`: the variant)."""
     final = variant if final is None else final
     if variant not in VARIANTS:
         raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
@@ -232,51 +225,49 @@ def _check_rules(variant: str, final: str | None) -> str:
 Estimate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 """`(z, l_t) -> (x_hat, variance map)`: one denoiser call (with or without a JVP)."""
 
-MeanPath = list[tuple[list[Tensor], float]]
-"""Per step `(weights, cov_weight)`: the step's data estimate is `sum_j weights[j] x_hat_{i-j}`
-(newest first; DDIM: `[1]`) and its variance map is `cov_weight * c` (`cov_dpmpp.py`)."""
 
-
-def _run(
+def run_cov(
     denoise: Denoise,
     z: Tensor,
-    logsnrs: Tensor,
-    estimate: Estimate | None,
-    basis: BandBasis | None,
+    grid: Tensor,
+    estimate: Estimate,
+    basis: BandBasis,
     variant: str,
     final: str,
     generator: torch.Generator | None,
     callback: Callback | None,
     *,
-    path: MeanPath | None = None,
+    extrapolation: Tensor | None = None,
+    cov_weights: list[float] | None = None,
     eta: float = 0.0,
 ) -> Tensor:
-    """The shared loop: `estimate(z, l_t) -> (x_hat, variance map)` at each step but a "mean"
-    last step or a step with `cov_weight = 0` (a plain forward and DDIM(eta) step on the data
-    estimate: `x_hat` itself at +inf, no covariance needed). `path=None` is DDIM's mean path."""
-    steps = logsnrs.shape[0] - 1
-    history: list[Tensor] = []  # denoiser outputs, newest first
+    """The covariance-aware step loop on a prepared grid. Step `i` takes `x_hat` and the variance
+    map `c` from `estimate`, or only `x_hat` from a plain forward where no covariance is used (a
+    `final="mean"` last step, `cov_weights[i] = 0`); forms the data estimate `x_bar = x_hat +
+    extrapolation[i] (x_hat - x_hat_{i-1})` (None: DDIM's mean path, `x_bar = x_hat`); and moves
+    by `cov_ddim_step` with `cov_weights[i] * c` (None: weight 1), or by DDIM(eta)."""
+    steps = grid.shape[0] - 1
+    x_prev = None
     for i in range(steps):
-        l_t, l_s = logsnrs[i], logsnrs[i + 1]
+        l_t, l_s = grid[i], grid[i + 1]
         rule = final if i == steps - 1 else variant
-        weights, cov_weight = ([], 1.0) if path is None else path[i]
-        plain = rule == "mean" or cov_weight == 0
-        if plain:
-            x_hat, c = denoise(z, level_for(l_t, z)), None
-        else:
-            x_hat, c = estimate(z, l_t)
-        history = [x_hat, *history[: len(weights) - 1]]
-        x_bar = x_hat if path is None else sum(w * m for w, m in zip(weights, history))
+        weight = 1.0 if cov_weights is None else cov_weights[i]
+        plain = rule == "mean" or weight == 0
+        x_hat, c = (denoise(z, level_for(l_t, z)), None) if plain else estimate(z, l_t)
+        x_bar = x_hat
+        if extrapolation is not None and x_prev is not None:
+            x_bar = x_hat + broadcast_logsnr(extrapolation[i], z) * (x_hat - x_prev)
         noise = None
         if (not plain and rule == "stochastic") or eta > 0:
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         if plain:
             z = ddim_step(z, x_bar, l_t, l_s, eta=eta, noise=noise)
         else:
-            c = c if cov_weight == 1 else cov_weight * c
+            c = c if weight == 1 else weight * c
             z = cov_ddim_step(z, x_bar, c, l_t, l_s, basis, rule, noise, eta=eta)
         if callback is not None:
             callback({"i": i, "z": z, "x_hat": x_hat, "logsnr": l_t})
+        x_prev = x_hat
     return z
 
 
@@ -287,9 +278,8 @@ def tweedie_estimator(
     *,
     pooling: str,
     num_bands: int | None,
-    pool_channels: bool,
-    probe: str,
-    prior_var: float | Tensor | None,
+    probe: str = "rademacher",
+    prior_var: float | Tensor | None = None,
     generator: torch.Generator | None,
 ) -> tuple[BandBasis, Estimate]:
     """Validate the JVP options (on a prepared grid) and return the basis and the estimator:
@@ -300,10 +290,8 @@ def tweedie_estimator(
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if pooling != "example" and logsnrs.ndim > 1:
         raise ValueError(f"pooling={pooling!r} needs one level for the whole batch (a 1-D grid)")
-    basis = BandBasis.for_shape(
-        tuple(z.shape), num_bands, pool_channels, device=z.device, dtype=z.dtype
-    )
-    check_level_shape(logsnrs[0], z, basis)
+    basis = BandBasis.for_shape(tuple(z.shape), num_bands, device=z.device, dtype=z.dtype)
+    check_level_per_image(logsnrs[0], z)
     upper = None if prior_var is None else torch.as_tensor(prior_var, dtype=z.dtype).to(z.device)
 
     def estimate(z: Tensor, l_t: Tensor) -> tuple[Tensor, Tensor]:
@@ -316,23 +304,17 @@ def tweedie_estimator(
 
 
 def table_estimator(
-    denoise: Denoise,
-    z: Tensor,
-    table: VarianceTable | None,
-    num_bands: int | None,
-    pool_channels: bool,
+    denoise: Denoise, z: Tensor, table: VarianceTable | None
 ) -> tuple[BandBasis, Estimate]:
     """The basis and the JVP-free estimator: one forward and the tabulated spectrum at `l_t`
     (None: aDDIM's analytic `x_var`, flat over frequencies)."""
-    basis = BandBasis.for_shape(
-        tuple(z.shape), num_bands, pool_channels, device=z.device, dtype=z.dtype
-    )
+    basis = BandBasis.for_shape(tuple(z.shape), None, device=z.device, dtype=z.dtype)
 
     def estimate(z: Tensor, l_t: Tensor) -> tuple[Tensor, Tensor]:
         x_hat = denoise(z, level_for(l_t, z))
         if table is None:
             return x_hat, broadcast_logsnr(analytic_x_var(l_t), z)
-        c = table(l_t)  # [*level, C or 1, H, W]
+        c = table(l_t)  # [*level, 1, H, W]
         return x_hat, c if l_t.ndim else c.unsqueeze(0)
 
     return basis, estimate
@@ -350,7 +332,6 @@ def sample_cov_ddim(
     final: str | None = None,
     pooling: str = "batch",
     num_bands: int | None = None,
-    pool_channels: bool = True,
     probe: str = "rademacher",
     prior_var: float | Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -361,26 +342,20 @@ def sample_cov_ddim(
     `variant`: "stochastic" | "deterministic" for the steps; `final`: the last step's rule,
     "stochastic" | "deterministic" | "mean" (default: the variant). The DCT-diagonal variance is
     estimated per coefficient and averaged per `pooling` ("batch" | "example" | "profile", see
-    `pooled_covariance`) over `num_bands` radial bands (None: no band averaging) and, with
-    `pool_channels`, over channels; `probe`: "rademacher" | "gaussian"; `prior_var`: upper clip
-    (float or broadcastable per-coefficient tensor; None: none). Defaults: the best measured on
-    the oracle (docs/samplers.md); "batch" pooling couples the examples of a batch (use
-    "example" with `num_bands` of 8-16 for batch-independent samples).
+    `pooled_covariance`) over `num_bands` radial bands (None: no band averaging) and over
+    channels; `probe`: "rademacher" | "gaussian"; `prior_var`: upper clip (float or
+    broadcastable per-coefficient tensor; None: none). Defaults: the best measured on the
+    oracle (results/samplers/notes.md; every option is in that ablation); "batch" pooling
+    couples the examples of a batch (use "example" with `num_bands` of 8-16 for
+    batch-independent samples).
     """
-    final = _check_rules(variant, final)
-    logsnrs = prepare_grid(z, logsnrs)
+    final = check_rules(variant, final)
+    grid = prepare_grid(z, logsnrs)
     basis, estimate = tweedie_estimator(
-        denoise,
-        z,
-        logsnrs,
-        pooling=pooling,
-        num_bands=num_bands,
-        pool_channels=pool_channels,
-        probe=probe,
-        prior_var=prior_var,
-        generator=generator,
-    )
-    return _run(denoise, z, logsnrs, estimate, basis, variant, final, generator, callback)
+        denoise, z, grid, pooling=pooling, num_bands=num_bands, probe=probe,
+        prior_var=prior_var, generator=generator,
+    )  # fmt: skip
+    return run_cov(denoise, z, grid, estimate, basis, variant, final, generator, callback)
 
 
 # ----------------------------------------------------------------------------- without a JVP
@@ -390,22 +365,19 @@ def measure_posterior_spectrum(
     data: Tensor,
     logsnrs: Tensor,
     *,
-    pool_channels: bool = True,
     generator: torch.Generator | None = None,
     batch_size: int = 512,
 ) -> VarianceTable:
     """The DCT diagonal of the *average* posterior covariance at each level, from data:
     `E_z Cov[x | z] = E (x - x_hat(z))(x - x_hat(z))^T` (law of total variance), so per DCT
-    coefficient `k` the table holds `mean over data of (F (x - x_hat))_k^2` (channels averaged
-    with `pool_channels`): `[n, C or 1, H, W]` at the increasing finite `logsnrs`."""
+    coefficient `k` the table holds `mean over data of (F (x - x_hat))_k^2` (channels averaged):
+    `[n, 1, H, W]` at the increasing finite `logsnrs`."""
     if not isinstance(data, Tensor) or data.ndim < 4 or data.shape[0] < 1:
         raise ValueError("data must be image tensors [N, ..., C, H, W] with N >= 1")
     logsnrs = torch.as_tensor(logsnrs, dtype=torch.float64)
     if not torch.isfinite(logsnrs).all():
         raise ValueError("logsnrs must be finite")
-    basis = BandBasis.for_shape(
-        tuple(data.shape), None, pool_channels, device=data.device, dtype=data.dtype
-    )
+    basis = BandBasis.for_shape(tuple(data.shape), None, device=data.device, dtype=data.dtype)
     values = []
     for level in logsnrs:
         total = 0.0
@@ -428,8 +400,6 @@ def sample_cov_ddim_table(
     table: VarianceTable | None = None,
     variant: str = "stochastic",
     final: str | None = None,
-    num_bands: int | None = None,
-    pool_channels: bool = True,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
@@ -438,10 +408,10 @@ def sample_cov_ddim_table(
 
     `table`: `measure_posterior_spectrum` of the model on data (the batch-pooled Tweedie
     estimate `cov_ddim` makes with a JVP has this expectation); None: aDDIM's analytic
-    `0.1 / (2 + e^logsnr)`, flat over frequencies. `variant`/`final` as in `cov_ddim`
-    (`num_bands`: the bands of the deterministic rescaling). Works with per-example levels.
+    `0.1 / (2 + e^logsnr)`, flat over frequencies. `variant`/`final` as in `cov_ddim`.
+    Works with per-example levels.
     """
-    final = _check_rules(variant, final)
-    logsnrs = prepare_grid(z, logsnrs)
-    basis, estimate = table_estimator(denoise, z, table, num_bands, pool_channels)
-    return _run(denoise, z, logsnrs, estimate, basis, variant, final, generator, callback)
+    final = check_rules(variant, final)
+    grid = prepare_grid(z, logsnrs)
+    basis, estimate = table_estimator(denoise, z, table)
+    return run_cov(denoise, z, grid, estimate, basis, variant, final, generator, callback)

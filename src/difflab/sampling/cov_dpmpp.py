@@ -1,12 +1,12 @@
 """Covariance-aware DPM-Solver++(2M): the second-order multistep mean path of `dpmpp.py` with the
-per-band posterior-covariance correction of `cov_ddim.py` (derivation: docs/samplers.md,
+per-band posterior-covariance correction of `cov_ddim.py` (derivation: docs/methods/cov_ddim.md,
 "Covariance-aware DPM-Solver++(2M)", eqs. M1-M5).
 
 The 2M step is a DDIM step on an extrapolated data estimate (eq. M1): its weights sum to the DDIM
 slope `kappa = alpha_s - alpha_t sigma_s / sigma_t = -alpha_s expm1(-h)`, so
 
-    z_s = (sigma_s / sigma_t) z_t + kappa x_bar,   x_bar = sum_j (w_j / kappa) x_hat_{i-j}
-        = DDIM_{t->s}(x_bar, z_t),                 x_bar = D0 + D1 / 2 on a 2M step,
+    z_s = (sigma_s / sigma_t) z_t + kappa x_bar = DDIM_{t->s}(x_bar, z_t),
+    x_bar = D0 + D1 / 2 on a 2M step, x_hat on a first-order step,
 
 and `cov_ddim_step` applies with `x_hat -> x_bar` (eq. M2): stochastically (`+ kappa delta`,
 `delta ~ N(0, F^T diag(c) F)`) or deterministically (per band, the noise direction
@@ -15,10 +15,15 @@ and `cov_ddim_step` applies with `x_hat -> x_bar` (eq. M2): stochastically (`+ k
 
 `kappa^2 c` is the variance a *first-order* (DDIM) step loses (eq. M3); a second-order step
 loses only O(h^3): its extrapolation `D1 / 2` restores the rest (eq. M4). So the correction is
-applied in full on first-order steps (warm-up and the step to +inf) and times
-`order2_weight` on second-order steps: 0 is consistent (no double counting, exact in the limit
-on Gaussian data), 1 the plain transfer of the DDIM correction. `eta > 0` starts from the
-SDE-DPM-Solver++(2M) (DDIM(eta)) step instead, with its own slope (eq. M5).
+applied in full on first-order steps (warm-up and the step to +inf) and times `order2_weight` on
+second-order steps: 0 is consistent (no double counting, exact in the limit on Gaussian data),
+1 the plain transfer of the DDIM correction. `eta > 0` starts from the SDE-DPM-Solver++(2M)
+(DDIM(eta)) step instead, with its own slope (eq. M5).
+
+Options: the measured defaults (stochastic, `order2_weight = 0`, `eta = 0`, 2M's
+`lower_order_final`) and the variants of the benchmarks (`benchmarks/cov_ddim_mnist.py`: the
+rules, `order2_weight`, `eta`); `cov_dpmpp_2m` also takes `pooling`/`num_bands` (per-example
+levels need `pooling="example"`).
 
 NFE = steps. `cov_dpmpp_2m` makes one forward+JVP on each step that uses the covariance (every
 step but a `final="mean"` last step and, with `order2_weight=0`, the second-order steps);
@@ -34,62 +39,24 @@ from torch import Tensor
 
 from ..diffusion.parameterization import Denoise
 from .addim import VarianceTable
-from .cov_ddim import (
-    BandBasis,
-    Estimate,
-    MeanPath,
-    _check_rules,
-    _run,
-    table_estimator,
-    tweedie_estimator,
-)
-from .ddim import Callback, prepare_grid
-from .dpmpp import LOWER_ORDER_FINAL_BELOW, dpmpp_plan, multistep_orders
-from .registry import register_sampler
-
-# order2_weight = 0: consistent (eq. M4), and the best measured (oracle and MNIST U-ViT,
-# docs/samplers.md); the rules are within noise of each other on MNIST, stochastic is exact on
-# Gaussian data
-DEFAULTS = {"variant": "stochastic", "final": "stochastic", "order2_weight": 0.0, "eta": 0.0}
+from .cov_ddim import BandBasis, Estimate, check_rules, run_cov, table_estimator, tweedie_estimator
+from .dpmpp import LOWER_ORDER_FINAL_BELOW, extrapolation_2m, multistep_orders
+from .grids import ends_at_data, prepare_grid
+from .registry import Callback, register_sampler
 
 
-def check_options(variant: str, final: str | None, order2_weight: float, eta: float) -> str:
-    """Validate the shared options; returns the last step's rule."""
-    final = _check_rules(variant, final)
-    if not 0.0 <= order2_weight <= 1.0:
-        raise ValueError(f"order2_weight must lie in [0, 1], got {order2_weight!r}")
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
-    return final
-
-
-def multistep_path(
-    z: Tensor, logsnrs: Tensor, lower_order_final: bool, order2_weight: float
-) -> MeanPath:
-    """Per step the 2M weights normalised by their sum `kappa` (eq. M1; `x_bar` is then an
-    affine combination of the outputs) and the covariance weight: 1 on first-order steps,
-    `order2_weight` on second-order ones (eq. M4)."""
-    path = []
-    for _, weights in dpmpp_plan(z, logsnrs, 2, lower_order_final):
-        kappa = sum(weights)
-        path.append(([w / kappa for w in weights], 1.0 if len(weights) == 1 else order2_weight))
-    return path
-
-
-def _count_jvps(
+def count_jvps(
     steps: int,
     *,
-    final: str | None = DEFAULTS["final"],
-    order2_weight: float = DEFAULTS["order2_weight"],
-    lower_order_final: bool = True,
+    final: str | None = "stochastic",
+    order2_weight: float = 0.0,
     finite_end: bool = False,
     **_,
 ) -> int:
+    """The steps that use the covariance: first-order ones, second-order ones if
+    `order2_weight > 0`, not a `final="mean"` last step."""
     orders = multistep_orders(
-        steps,
-        2,
-        lower_final=lower_order_final and steps < LOWER_ORDER_FINAL_BELOW,
-        clean_end=not finite_end,
+        steps, 2, lower_final=steps < LOWER_ORDER_FINAL_BELOW, clean_end=not finite_end
     )
     uses_cov = [k == 1 or order2_weight > 0 for k in orders]
     if final == "mean":
@@ -97,64 +64,68 @@ def _count_jvps(
     return sum(uses_cov)
 
 
-def _run_2m(
+def run_cov_2m(
     denoise: Denoise,
     z: Tensor,
     logsnrs: Tensor,
     estimator: Callable[[Tensor], tuple[BandBasis, Estimate]],
-    variant: str,
-    final: str | None,
-    order2_weight: float,
-    eta: float,
-    lower_order_final: bool,
+    rules: tuple[str, str | None, float, float],
     generator: torch.Generator | None,
     callback: Callback | None,
 ) -> Tensor:
-    """Validate the options, build the basis and estimator on the prepared grid, and run the
-    shared loop on the 2M mean path (eq. M2)."""
-    final = check_options(variant, final, order2_weight, eta)
+    """Validate `rules = (variant, final, order2_weight, eta)`, build the estimator on the
+    prepared grid and run `run_cov` on 2M's mean path with per-step covariance weights: 1 on
+    first-order steps, `order2_weight` on second-order ones (eq. M4)."""
+    variant, final, order2_weight, eta = rules
+    final = check_rules(variant, final)
+    if not 0.0 <= order2_weight <= 1.0:
+        raise ValueError(f"order2_weight must lie in [0, 1], got {order2_weight!r}")
+    if not 0.0 <= eta <= 1.0:
+        raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
     grid = prepare_grid(z, logsnrs)
     basis, estimate = estimator(grid)
-    path = multistep_path(z, logsnrs, lower_order_final, order2_weight)  # host grid
-    rules = (variant, final, generator, callback)
-    return _run(denoise, z, grid, estimate, basis, *rules, path=path, eta=eta)
+    steps = grid.shape[0] - 1
+    orders = multistep_orders(
+        steps, 2, lower_final=steps < LOWER_ORDER_FINAL_BELOW, clean_end=ends_at_data(logsnrs)
+    )
+    weights = [1.0 if k == 1 else order2_weight for k in orders]
+    extrapolation = extrapolation_2m(logsnrs, True).to(device=z.device, dtype=z.dtype)
+    return run_cov(
+        denoise, z, grid, estimate, basis, variant, final, generator, callback,
+        extrapolation=extrapolation, cov_weights=weights, eta=eta,
+    )  # fmt: skip
 
 
-@register_sampler("cov_dpmpp_2m", jvps=_count_jvps, stochastic=True)
+@register_sampler("cov_dpmpp_2m", jvps=count_jvps, stochastic=True)
 def sample_cov_dpmpp_2m(
     denoise: Denoise,
     z: Tensor,
     logsnrs: Tensor,
     *,
-    variant: str = DEFAULTS["variant"],
-    final: str | None = DEFAULTS["final"],
-    order2_weight: float = DEFAULTS["order2_weight"],
-    eta: float = DEFAULTS["eta"],
-    lower_order_final: bool = True,
+    variant: str = "stochastic",
+    final: str | None = "stochastic",
+    order2_weight: float = 0.0,
+    eta: float = 0.0,
     pooling: str = "batch",
     num_bands: int | None = None,
-    pool_channels: bool = True,
-    probe: str = "rademacher",
-    prior_var: float | Tensor | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """Covariance-aware DPM-Solver++(2M), covariance from one forward+JVP per step. NFE = steps.
 
-    `variant`, `final` ("stochastic" | "deterministic" | "mean"; None: the variant) and the
-    covariance options (`pooling`, `num_bands`, `pool_channels`, `probe`, `prior_var`) as in
-    `cov_ddim`; `order2_weight` in [0, 1] scales the correction on second-order steps (eq. M4;
-    0 skips their JVPs); `eta` in [0, 1]: DDIM(eta) white noise (1: SDE-DPM-Solver++(2M));
-    `lower_order_final` as in `dpmpp_2m`. With a zero covariance it is `dpmpp_2m`.
+    `variant`, `final` ("stochastic" | "deterministic" | "mean"; None: the variant), `pooling`
+    and `num_bands` as in `cov_ddim`; `order2_weight` in [0, 1] scales the correction on
+    second-order steps (eq. M4; 0 skips their JVPs); `eta` in [0, 1]: DDIM(eta) white noise
+    (1: SDE-DPM-Solver++(2M)). With a zero covariance it is `dpmpp_2m`.
     """
 
     def estimator(grid: Tensor):
-        return tweedie_estimator(denoise, z, grid, pooling=pooling, num_bands=num_bands,
-                                 pool_channels=pool_channels, probe=probe, prior_var=prior_var,
-                                 generator=generator)  # fmt: skip
+        return tweedie_estimator(
+            denoise, z, grid, pooling=pooling, num_bands=num_bands, generator=generator
+        )
 
-    rules = (variant, final, order2_weight, eta, lower_order_final, generator, callback)
-    return _run_2m(denoise, z, logsnrs, estimator, *rules)
+    rules = (variant, final, order2_weight, eta)
+    return run_cov_2m(denoise, z, logsnrs, estimator, rules, generator, callback)
 
 
 @register_sampler("cov_dpmpp_2m_table", stochastic=True)
@@ -164,13 +135,10 @@ def sample_cov_dpmpp_2m_table(
     logsnrs: Tensor,
     *,
     table: VarianceTable | None = None,
-    variant: str = DEFAULTS["variant"],
-    final: str | None = DEFAULTS["final"],
-    order2_weight: float = DEFAULTS["order2_weight"],
-    eta: float = DEFAULTS["eta"],
-    lower_order_final: bool = True,
-    num_bands: int | None = None,
-    pool_channels: bool = True,
+    variant: str = "stochastic",
+    final: str | None = "stochastic",
+    order2_weight: float = 0.0,
+    eta: float = 0.0,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
@@ -180,40 +148,8 @@ def sample_cov_dpmpp_2m_table(
     `table`: `measure_posterior_spectrum` of the model (None: aDDIM's analytic `x_var`); the
     other options as in `cov_dpmpp_2m`. Works with per-example levels.
     """
-
-    def estimator(_grid: Tensor):
-        return table_estimator(denoise, z, table, num_bands, pool_channels)
-
-    rules = (variant, final, order2_weight, eta, lower_order_final, generator, callback)
-    return _run_2m(denoise, z, logsnrs, estimator, *rules)
-
-
-@register_sampler("dpmpp_2m_sde", stochastic=True)
-def sample_dpmpp_2m_sde(
-    denoise: Denoise,
-    z: Tensor,
-    logsnrs: Tensor,
-    *,
-    eta: float = 1.0,
-    lower_order_final: bool = True,
-    generator: torch.Generator | None = None,
-    callback: Callback | None = None,
-) -> Tensor:
-    """SDE-DPM-Solver++(2M) (Lu et al. 2022, "DPM-Solver++", the SDE solver in its midpoint
-    form; diffusers' `sde-dpmsolver++`): the 2M data estimate `x_bar = D0 + D1 / 2` (eq. M1)
-    in a DDIM(eta) step (eq. M5 with `c = 0`),
-
-        z_s = alpha_s x_bar + sqrt(sigma_s^2 - w^2) eps_bar + w xi,
-        w^2 = eta^2 sigma_s^2 (1 - e^{l_t - l_s}),
-
-    which at `eta = 1` is `(sigma_s / sigma_t) e^{-h} z_t + alpha_s (1 - e^{-2h}) x_bar +
-    sigma_s sqrt(1 - e^{-2h}) xi` with `h = (l_s - l_t) / 2`; `eta = 0` is `dpmpp_2m`. NFE =
-    steps. The best FID on the shipped MNIST model (`results/mnist_10k.md`)."""
-    if not 0.0 <= eta <= 1.0:
-        raise ValueError(f"eta must lie in [0, 1], got {eta!r}")
-    grid = prepare_grid(z, logsnrs)
-    path = multistep_path(z, logsnrs, lower_order_final, 0.0)  # host grid
-    # every step is a plain one ("mean": no covariance), so no estimator or basis is needed
-    return _run(
-        denoise, z, grid, None, None, "mean", "mean", generator, callback, path=path, eta=eta
-    )
+    rules = (variant, final, order2_weight, eta)
+    return run_cov_2m(
+        denoise, z, logsnrs, lambda _: table_estimator(denoise, z, table), rules, generator,
+        callback,
+    )  # fmt: skip

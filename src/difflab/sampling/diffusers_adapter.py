@@ -1,4 +1,4 @@
-"""Run diffusers' schedulers on a difflab `Denoise` (peers in `benchmarks/samplers.py`).
+"""Run diffusers' schedulers on a difflab `Denoise` (the peers of `benchmarks/samplers_nfe.py`).
 
 diffusers samples on `N` discrete timesteps `n = 0..N-1` with `alphas_cumprod[n]`; difflab on a
 continuous logsnr schedule. The adapter makes the two describe the same process:

@@ -21,24 +21,14 @@ import math
 import torch
 from torch import Tensor
 
-from ..diffusion.parameterization import Denoise, alpha_sigma, broadcast_logsnr
-from .ddim import Callback, level_for, prepare_grid
-from .grids import check_grid
-from .registry import register_sampler
+from ..diffusion.parameterization import Denoise, alpha_sigma, broadcast_logsnr, level_for
+from .grids import check_grid, ends_at_data, prepare_grid
+from .registry import Callback, register_sampler
 
 
 def ve_sigma(logsnr: Tensor) -> Tensor:
     """EDM's noise level `s = sigma / alpha = exp(-logsnr / 2)` (0 at logsnr = +inf)."""
     return torch.exp(-0.5 * logsnr)
-
-
-def ends_at_data(logsnrs: Tensor) -> bool:
-    """Whether the grid ends at +inf (clean data); a mixed last row is a ValueError.
-    One host read, before any step loop."""
-    last = torch.isinf(logsnrs[-1])
-    if bool(last.any()) != bool(last.all()):
-        raise ValueError("logsnrs: the last level must be +inf everywhere or finite everywhere")
-    return bool(last.all())
 
 
 def _slope(denoise: Denoise, x: Tensor, logsnr: Tensor, z_like: Tensor) -> tuple[Tensor, Tensor]:

@@ -1,12 +1,14 @@
-"""Batched generation from any `Denoise` factory: the one path `difflab sample`, the demo,
-the evaluation and the benchmarks share (sampler by name, grid by name, guidance, labels)."""
+"""Batched generation from any `Denoise` factory: the one path the API (`difflab.api.sample`),
+the CLI, the evaluation and the benchmarks share (sampler by name with its options, grid by
+name, guidance, labels)."""
 
 from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -15,47 +17,23 @@ from tqdm import tqdm
 from ..diffusion.guidance import guided_denoiser
 from ..diffusion.parameterization import Denoise
 from ..diffusion.schedules import Schedule
-from .defaults import DEFAULT_GRIDS, GridChoice, default_grid
-from .grids import GRIDS, make_grid
+from .defaults import GRID_CHOICES, describe_grid, resolve_grid
 from .registry import get_sampler
 
-GRID_CHOICES = ("default", *GRIDS)
-"""`grid` values of `generate`: a family of `grids.GRIDS`, or each sampler's measured default."""
-
-
-def resolve_grid(grid: str | Tensor, sampler: str, schedule: Schedule, steps: int) -> Tensor:
-    """The logsnr grid for `grid`: `"default"` (the sampler's `DEFAULT_GRIDS` entry), a family
-    name, or an explicit increasing grid of `steps + 1` levels."""
-    if isinstance(grid, Tensor):
-        if grid.ndim < 1 or grid.shape[0] != steps + 1:
-            raise ValueError(
-                f"grid must have steps + 1 = {steps + 1} levels along dim 0, "
-                f"got shape {tuple(grid.shape)}"
-            )
-        return grid
-    if grid == "default":
-        return default_grid(sampler, schedule, steps)
-    return make_grid(grid, schedule, steps)
-
-
-def describe_grid(grid: str | Tensor, sampler: str) -> str:
-    """A readable name of `grid` for logs and result files (the default resolved)."""
-    if isinstance(grid, Tensor):
-        return "explicit"
-    if grid == "default":
-        return f"default: {DEFAULT_GRIDS.get(sampler, GridChoice()).label}"
-    return grid
+__all__ = ["GRID_CHOICES", "Generation", "describe_grid", "generate", "resolve_grid"]
 
 
 @dataclass
 class Generation:
     samples: Tensor  # [N, C, H, W] in the data range
     labels: Tensor | None
-    nfe: int  # denoiser evaluations per sample, guidance passes included
+    nfe: int  # denoiser evaluations per sample (a forward+JVP counts once), guidance included
+    jvps: int  # how many of them are forward+JVP, per sample
     seconds: float
     sampler: str = ""
     steps: int = 0
     grid: str = ""  # `describe_grid`
+    options: dict[str, Any] = field(default_factory=dict)  # the sampler options used
 
 
 def generate(
@@ -67,6 +45,7 @@ def generate(
     sampler: str = "ddim",
     steps: int = 32,
     grid: str | Tensor = "default",
+    options: Mapping[str, Any] | None = None,
     labels: Tensor | None = None,
     guidance: float = 0.0,
     interval: tuple[float, float] = (-math.inf, math.inf),
@@ -74,25 +53,30 @@ def generate(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = True,
-    sampler_options: dict | None = None,
 ) -> Generation:
-    """Draw `num` samples of `shape` with `sampler` over `steps` steps of `grid` (`"default"`:
-    the sampler's measured default, `DEFAULT_GRIDS`; a family name; or an explicit grid).
+    """Draw `num` samples of `shape` with `sampler` and its `options` over `steps` steps of
+    `grid` (`"default"`: the sampler's measured default, `DEFAULT_GRIDS`; a family name; or an
+    explicit grid of `steps + 1` levels).
 
     `make_denoise(labels=None | Tensor)` returns the `Denoise` for a batch (labels bound in);
     with `guidance != 0` the unconditional denoiser (`labels=None`) is combined by CFG within
-    `interval`, which doubles the network evaluations per step (counted in `nfe`).
+    `interval`, which doubles the network evaluations per step (counted in `nfe` and `jvps`).
+    Unknown option names, `num < 1`, `steps < 1` and `batch_size < 1` are ValueErrors naming
+    them; non-finite samples a `FloatingPointError` naming the sampler.
     """
-    if num < 1:
-        raise ValueError(f"num must be positive, got {num}")
+    for name, value in (("num", num), ("steps", steps), ("batch_size", batch_size)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive integer, got {value!r}")
     if labels is not None and labels.shape != (num,):
         raise ValueError(f"labels must have shape [num]=[{num}], got {tuple(labels.shape)}")
     if guidance != 0 and labels is None:
         raise ValueError("guidance needs class labels (a class-conditional model)")
     spec = get_sampler(sampler)
+    options = dict(options or {})
+    spec.check_options(options)
     logsnrs = resolve_grid(grid, sampler, schedule, steps)
-    options = sampler_options or {}
     nfe, jvps = spec.calls(logsnrs, **options)
+    passes = 2 if guidance != 0 else 1  # the guided denoiser calls both nets every time
     # initial noise from a CPU generator (the same images on every device); a stochastic
     # sampler's noise from a generator on the sampling device (the samplers draw it there)
     gen = torch.Generator(device="cpu").manual_seed(seed)
@@ -113,8 +97,14 @@ def generate(
         out.append(x.float().cpu())
         bar.update(n)
     bar.close()
-    nfe *= 2 if guidance != 0 else 1
-    seconds = time.perf_counter() - start
     return Generation(
-        torch.cat(out), labels, nfe, seconds, sampler, steps, describe_grid(grid, sampler)
+        samples=torch.cat(out),
+        labels=labels,
+        nfe=nfe * passes,
+        jvps=jvps * passes,
+        seconds=time.perf_counter() - start,
+        sampler=sampler,
+        steps=steps,
+        grid=describe_grid(grid, sampler),
+        options=options,
     )

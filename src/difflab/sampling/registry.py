@@ -7,18 +7,32 @@ sampler options that change it (`finite_end=True` for a grid that stops at a fin
 `jvps(steps, **options)` how many of them are forward+JVP; `calls(logsnrs, **options)` reads both
 off an actual grid; `nfe_forward_equivalent(steps, jvp_cost)` charges a JVP at its measured cost
 in forward passes (the covariance-aware sampler reports both conventions).
+
+`register_sampler` wraps the function with one check after its step loop: non-finite samples
+(a NaN-returning denoiser, a diverged grid) raise `FloatingPointError` naming the sampler. It is
+one host read per call, skipped while `torch.compile` traces and on `meta` tensors.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+import inspect
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor
 
+Callback = Callable[[dict], None]
+"""Called after every step with `{"i": step, "z": new state, "x_hat": the denoiser output,
+"logsnr": the level it was evaluated at}`."""
+
 Count = Callable[..., int]
 """`(steps, *, finite_end=False, **options) -> int`; unknown options are ignored."""
+
+COMMON_ARGUMENTS = ("generator", "callback")
+"""Keyword arguments every sampler takes that are not sampler options."""
 
 
 def _steps(steps: int, **_) -> int:
@@ -38,6 +52,26 @@ class SamplerSpec:
     stochastic: bool = False
     description: str = ""
 
+    @property
+    def options(self) -> tuple[str, ...]:
+        """The names of the sampler's options (its keyword-only arguments but `generator` and
+        `callback`)."""
+        params = inspect.signature(self.fn).parameters.values()
+        return tuple(
+            p.name
+            for p in params
+            if p.kind is inspect.Parameter.KEYWORD_ONLY and p.name not in COMMON_ARGUMENTS
+        )
+
+    def check_options(self, options: Mapping[str, Any]) -> None:
+        """Reject option names the sampler does not take, naming them and the accepted ones."""
+        unknown = [k for k in options if k not in self.options]
+        if unknown:
+            raise ValueError(
+                f"unknown option {unknown[0]!r} for sampler {self.name!r}; its options: "
+                f"{list(self.options) or 'none'}"
+            )
+
     def calls(self, logsnrs: Tensor, **options) -> tuple[int, int]:
         """`(nfe, jvps)` per sample on the grid `logsnrs` with the sampler's `options`."""
         steps = logsnrs.shape[0] - 1
@@ -54,6 +88,21 @@ class SamplerSpec:
 SAMPLERS: dict[str, SamplerSpec] = {}
 
 
+def check_finite(samples: Tensor, sampler: str) -> Tensor:
+    """`samples`, or `FloatingPointError` naming `sampler` if any entry is NaN or infinite."""
+    if torch.compiler.is_compiling() or samples.device.type == "meta":
+        return samples
+    finite = torch.isfinite(samples)
+    if not bool(finite.all()):
+        bad = int((~finite).flatten(1).any(1).sum()) if samples.ndim > 1 else 1
+        raise FloatingPointError(
+            f"sampler {sampler!r} returned non-finite values in {bad} of {samples.shape[0]} "
+            "samples (a NaN/inf denoiser output, or a diverged step); pass a callback to see "
+            "the first step whose state is not finite"
+        )
+    return samples
+
+
 def register_sampler(
     name: str,
     *,
@@ -61,14 +110,19 @@ def register_sampler(
     jvps: Count = _none,
     stochastic: bool = False,
 ):
-    """Decorator: register a sampler function under `name`."""
+    """Decorator: register a sampler function under `name`, checked for finite output."""
 
     def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in SAMPLERS:
             raise ValueError(f"sampler {name!r} is already registered")
+
+        @functools.wraps(fn)
+        def checked(*args, **kwargs) -> Tensor:
+            return check_finite(fn(*args, **kwargs), name)
+
         doc = (fn.__doc__ or "").strip().splitlines()
-        SAMPLERS[name] = SamplerSpec(name, fn, nfe, jvps, stochastic, doc[0] if doc else "")
-        return fn
+        SAMPLERS[name] = SamplerSpec(name, checked, nfe, jvps, stochastic, doc[0] if doc else "")
+        return checked
 
     return wrap
 

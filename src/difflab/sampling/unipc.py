@@ -24,11 +24,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ..diffusion.parameterization import Denoise
-from .ddim import Callback, level_for, prepare_grid
-from .dpmpp import _on, combine, grid_float64, multistep_orders, step_ratio_and_alpha
-from .euler import ends_at_data
-from .registry import register_sampler
+from ..diffusion.parameterization import Denoise, level_for
+from .dpmpp import combine, multistep_orders, on_state, step_ratio_and_alpha
+from .grids import ends_at_data, grid_float64, prepare_grid
+from .registry import Callback, register_sampler
 
 
 def unipc_rhs(h: Tensor, order: int) -> tuple[Tensor, Tensor, list[Tensor]]:
@@ -107,7 +106,7 @@ def sample_unipc(
     )
 
     def on_z(ratio, weights):
-        return _on(ratio, z), [_on(w, z) for w in weights]
+        return on_state(ratio, z), [on_state(w, z) for w in weights]
 
     pred = [
         on_z(*predictor_weights([g64[i - j] for j in range(k)], g64[i + 1], k))

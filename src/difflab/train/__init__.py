@@ -1,10 +1,13 @@
 """Training: the loop (`Trainer`, `train_step`, `run_training`), EMA, checkpoints, DDP helpers."""
 
-from .allocator import apply_malloc_fix, malloc_fix_applied
+from ..allocator import apply_malloc_fix, malloc_fix_applied
+from ..images import save_image_grid
 from .checkpoint import (
     Checkpoint,
     CheckpointError,
+    CheckpointWriteError,
     export_model,
+    find_resume_checkpoint,
     list_checkpoints,
     load_denoiser,
     load_model,
@@ -12,7 +15,8 @@ from .checkpoint import (
 )
 from .distributed import DistInfo, ShardedBatchSampler, derive_seed, init_distributed
 from .ema import EMA
-from .monitor import plot_loss_curve, read_metrics, save_image_grid
+from .monitor import plot_loss_curve, read_metrics
+from .runs import launch_training, load_training_config, resume_run, run_config
 from .trainer import (
     StepResult,
     Trainer,
@@ -27,6 +31,7 @@ __all__ = [
     "EMA",
     "Checkpoint",
     "CheckpointError",
+    "CheckpointWriteError",
     "DistInfo",
     "ShardedBatchSampler",
     "StepResult",
@@ -37,7 +42,10 @@ __all__ = [
     "derive_seed",
     "diffusion_loss_fn",
     "export_model",
+    "find_resume_checkpoint",
     "init_distributed",
+    "launch_training",
+    "load_training_config",
     "list_checkpoints",
     "load_denoiser",
     "load_model",
@@ -45,6 +53,8 @@ __all__ = [
     "newest_valid_checkpoint",
     "plot_loss_curve",
     "read_metrics",
+    "resume_run",
+    "run_config",
     "run_training",
     "save_image_grid",
     "train_step",

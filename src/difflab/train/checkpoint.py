@@ -13,7 +13,10 @@ A run directory holds `checkpoints/step_XXXXXXX/` folders and a `checkpoints/lat
 
 A folder is filled under a temporary name, every file fsync'ed, then renamed into place
 (`os.replace`), so a crash leaves either the whole checkpoint or none; the `latest` pointer is
-replaced the same way. Nothing is ever unpickled. An exported model is one small safetensors
+replaced the same way. A failed write (full disk) removes its temporaries and names the last
+good checkpoint; temporaries of crashed processes are removed when a run starts. `keep_last`
+counts valid checkpoints only, so a corrupt one never pushes a good one out.
+Nothing is ever unpickled. An exported model is one small safetensors
 file with the EMA weights and the config JSON in its metadata (`export_model`).
 """
 
@@ -27,7 +30,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import cached_property, partial
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +39,7 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from ..config import TrainConfig, config_from_dict, config_to_dict
+from ..fileio import fsync_dir, remove_stale_temp_files, write_atomic, write_synced
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -50,31 +54,7 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, truncated or corrupt; the message names the file."""
 
 
-# --------------------------------------------------------------------------- atomic writes
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` via a synced temporary file and `os.replace`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    _write_synced(tmp, data)
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
+# --------------------------------------------------------------------------- tensors
 
 
 def _tensors(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
@@ -132,13 +112,84 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def remove_stale_temporaries(run_dir: str | Path) -> None:
-    """Delete half-written checkpoint folders left by a crash."""
-    root = Path(run_dir) / CHECKPOINTS
-    if root.is_dir():
-        for p in root.iterdir():
-            if p.name.startswith(".tmp-"):
-                shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+def remove_stale_temporaries(run_dir: str | Path) -> list[Path]:
+    """Delete what a crash or a failed write left: half-written checkpoint folders
+    (`.tmp-step_XXXXXXX-<pid>`) and `.latest.tmp-<pid>` pointer files of processes that are
+    gone, in `checkpoints/` and the run directory. Returns what was removed."""
+    return [
+        *remove_stale_temp_files(Path(run_dir) / CHECKPOINTS),
+        *remove_stale_temp_files(run_dir),
+    ]
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, read-only file system, ...); the message
+    names the last good checkpoint. Nothing half-written is left behind."""
+
+
+def _write_folder(root: Path, final: Path, blobs: Mapping[str, bytes], state: dict) -> None:
+    """Fill a temporary folder with `blobs` + `state.json` (with the manifest), fsync it and
+    rename it to `final`; on any failure remove the temporary and keep an old `final`."""
+    tmp = root / f".tmp-{final.name}-{os.getpid()}"
+    old = root / f".tmp-old-{final.name}-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        manifest = {}
+        for name, data in blobs.items():
+            write_synced(tmp / name, data)
+            manifest[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        full_state = {**state, "manifest": manifest}
+        write_synced(tmp / STATE_FILE, json.dumps(full_state, indent=1, sort_keys=True).encode())
+        fsync_dir(tmp)
+        if final.exists():  # re-saving a step (e.g. after a fallback): swap the old one out
+            os.replace(final, old)
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if old.exists() and not final.exists():
+            os.replace(old, final)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+    fsync_dir(root)
+
+
+_VERIFIED: dict[Path, tuple] = {}  # checkpoint folder -> file stats when it last verified
+
+
+def _is_valid(path: Path) -> bool:
+    """`Checkpoint(path).verify()` succeeds; a folder whose files are unchanged (size, mtime)
+    since it last verified in this process is not hashed again."""
+    try:
+        stats = tuple(
+            sorted((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in path.iterdir())
+        )
+    except OSError:
+        return False
+    if _VERIFIED.get(path) == stats:
+        return True
+    try:
+        Checkpoint(path).verify()
+    except CheckpointError:
+        _VERIFIED.pop(path, None)
+        return False
+    _VERIFIED[path] = stats
+    return True
+
+
+def prune_checkpoints(run_dir: str | Path, keep_last: int, keep: Path | None = None) -> list[Path]:
+    """Delete checkpoints older than the newest `keep_last` *valid* ones (`keep` counts as
+    valid: it was just written). Corrupt checkpoints never count, so they never cause a good
+    one to be deleted. Returns the deleted folders."""
+    deleted, valid = [], 0
+    for path in reversed(list_checkpoints(run_dir)):
+        if valid >= keep_last and path != keep:
+            shutil.rmtree(path, ignore_errors=True)
+            _VERIFIED.pop(path, None)
+            deleted.append(path)
+        elif path == keep or _is_valid(path):
+            valid += 1
+    return deleted
 
 
 def save_checkpoint(
@@ -151,35 +202,52 @@ def save_checkpoint(
 ) -> Path:
     """Write `files` (name -> tensors, saved as `<name>.safetensors`), `config.json` and
     `state.json` (with a manifest) atomically to `run_dir/checkpoints/step_XXXXXXX`, point
-    `latest` at it and delete all but the newest `keep_last` checkpoints."""
+    `latest` at it and delete all but the newest `keep_last` valid checkpoints.
+
+    A failed write (e.g. a full disk) removes its temporaries and raises `CheckpointWriteError`
+    naming the last good checkpoint."""
     root = Path(run_dir) / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
     final = root / step_dir_name(step)
-    tmp = root / f".tmp-{final.name}-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    manifest = {}
     blobs = {
         f"{name}.safetensors": safetensors_bytes(t, {"format": FORMAT}) for name, t in files.items()
     }
     blobs[CONFIG_FILE] = json.dumps(config_to_dict(config), indent=2, sort_keys=True).encode()
-    for name, data in blobs.items():
-        _write_synced(tmp / name, data)
-        manifest[name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-    full_state = {"format": FORMAT, "step": step, **state, "manifest": manifest}
-    _write_synced(tmp / STATE_FILE, json.dumps(full_state, indent=1, sort_keys=True).encode())
-    _fsync_dir(tmp)
-    if final.exists():  # re-saving a step (e.g. after a fallback): swap the old one out
-        old = root / f".tmp-old-{final.name}-{os.getpid()}"
-        os.replace(final, old)
-        shutil.rmtree(old)
-    os.replace(tmp, final)
-    _fsync_dir(root)
-    write_atomic(root / LATEST, (final.name + "\n").encode())
-    for old in list_checkpoints(run_dir)[:-keep_last]:
-        if old != final:
-            shutil.rmtree(old, ignore_errors=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        _write_folder(root, final, blobs, {"format": FORMAT, "step": step, **state})
+        write_atomic(root / LATEST, (final.name + "\n").encode())
+    except OSError as err:
+        last = newest_valid_checkpoint(run_dir, warn=False)
+        raise CheckpointWriteError(
+            f"could not write checkpoint {final}: {err.strerror or err}; the last good "
+            f"checkpoint is {last.path if last else 'none (no valid checkpoint was written)'}"
+        ) from err
+    prune_checkpoints(run_dir, keep_last, keep=final)
     return final
+
+
+def find_resume_checkpoint(run_dir: str | Path) -> Checkpoint | None:
+    """The checkpoint a resumed run continues from: the newest valid one (unusable newer ones
+    are skipped with a warning), or None when the run has no checkpoint at all.
+
+    Raises `CheckpointError` naming every checkpoint and its defect when there are checkpoints
+    but none is usable: starting from scratch would silently discard the run."""
+    paths = list_checkpoints(run_dir)
+    problems = []
+    for path in reversed(paths):
+        try:
+            return Checkpoint(path).verify()
+        except CheckpointError as err:
+            problems.append(str(err))
+            warnings.warn(f"skipping unusable checkpoint: {err}", stacklevel=2)
+    if not paths:
+        return None
+    raise CheckpointError(
+        f"cannot resume {run_dir}: none of its {len(paths)} checkpoints is usable "
+        f"({'; '.join(problems)}). To start this run from scratch, delete "
+        f"{Path(run_dir) / CHECKPOINTS} (or choose another train.out_dir) and train without "
+        "--resume"
+    )
 
 
 # --------------------------------------------------------------------------- loading
@@ -299,18 +367,50 @@ def build_net_from_config(cfg: TrainConfig) -> nn.Module:
     return build_net(cfg.model.name, **cfg.model.kwargs)
 
 
-def _read_exported(file: Path) -> tuple[dict[str, Tensor], TrainConfig]:
+def _read_exported(file: Path) -> tuple[dict[str, Tensor], TrainConfig, dict[str, Any]]:
     try:
+        data = file.read_bytes()
         with safe_open(str(file), "pt") as f:
             meta = f.metadata() or {}
-        tensors = safetensors.torch.load_file(str(file))
+        tensors = safetensors.torch.load(data)
     except Exception as err:
         raise CheckpointError(
             f"model file {file} is not a readable safetensors file: {err}"
         ) from None
     if CONFIG_METADATA_KEY not in meta:
         raise CheckpointError(f"model file {file} has no {CONFIG_METADATA_KEY!r} metadata")
-    return tensors, config_from_dict(json.loads(meta[CONFIG_METADATA_KEY]))
+    source = {"path": str(file), "sha256": hashlib.sha256(data).hexdigest()}
+    if "step" in meta:
+        source["step"] = int(meta["step"])
+    return tensors, config_from_dict(json.loads(meta[CONFIG_METADATA_KEY])), source
+
+
+def read_weights(
+    path: str | Path, ema: float | bool = True
+) -> tuple[dict[str, Tensor], TrainConfig, dict[str, Any]]:
+    """`(tensors, cfg, source)` of an exported `.safetensors` model, a checkpoint folder or a
+    run directory (its newest valid checkpoint); `ema` as in `load_model`. `source` records
+    where the weights came from: `{"path", "sha256"}` of an exported file (and its `step`), or
+    `{"path", "step", "weights"}` of the checkpoint folder."""
+    path = Path(path)
+    if path.is_file() and path.suffix == ".safetensors":
+        return _read_exported(path)
+    ckpt = resolve_checkpoint(path)
+    name = _weights_name(ckpt, ema)
+    source = {"path": str(ckpt.path), "step": ckpt.step, "weights": name}
+    return ckpt.tensors(name), ckpt.config, source
+
+
+def net_from_weights(
+    tensors: Mapping[str, Tensor], cfg: TrainConfig, device: str = "cpu", path: str | Path = ""
+) -> nn.Module:
+    """Build `cfg`'s network with `tensors` (strict), frozen in eval mode on `device`."""
+    net = build_net_from_config(cfg)
+    try:
+        net.load_state_dict(tensors, strict=True)
+    except RuntimeError as err:
+        raise CheckpointError(f"weights in {path} do not match model {cfg.model}: {err}") from None
+    return net.to(device).eval().requires_grad_(False)
 
 
 def load_model(
@@ -321,33 +421,34 @@ def load_model(
     `path`: an exported `.safetensors` model, a checkpoint folder, or a run directory (its newest
     valid checkpoint). `ema`: True for the first EMA decay (raw weights if none was kept), a
     float for that decay, False for the raw trained weights."""
-    path = Path(path)
-    if path.is_file() and path.suffix == ".safetensors":
-        tensors, cfg = _read_exported(path)
-    else:
-        ckpt = resolve_checkpoint(path)
-        cfg = ckpt.config
-        tensors = ckpt.tensors(_weights_name(ckpt, ema))
-    net = build_net_from_config(cfg)
-    try:
-        net.load_state_dict(tensors, strict=True)
-    except RuntimeError as err:
-        raise CheckpointError(f"weights in {path} do not match model {cfg.model}: {err}") from None
-    return net.to(device).eval().requires_grad_(False), cfg
+    tensors, cfg, _ = read_weights(path, ema)
+    return net_from_weights(tensors, cfg, device, path), cfg
+
+
+@dataclass(frozen=True)
+class NetDenoiser:
+    """`make_denoise(labels=None) -> Denoise` of a trained network: `as_denoiser(net,
+    prediction, clip_x, labels=...)`, the factory `sampling.generate` takes."""
+
+    net: nn.Module
+    prediction: str
+    clip_x: float | None = 1.0
+
+    def __call__(self, labels: Tensor | None = None) -> Callable[[Tensor, Tensor], Tensor]:
+        from ..diffusion.parameterization import as_denoiser
+
+        cond = {} if labels is None else {"labels": labels}
+        return as_denoiser(self.net, self.prediction, self.clip_x, **cond)
 
 
 def load_denoiser(
     path: str | Path, ema: float | bool = True, device: str = "cpu", clip_x: float | None = 1.0
-) -> tuple[Callable[..., Callable[[Tensor, Tensor], Tensor]], TrainConfig]:
+) -> tuple[NetDenoiser, TrainConfig]:
     """`(make_denoise, cfg)`: `make_denoise(labels=None)` returns the `Denoise` of the loaded
     network (`as_denoiser` with the trained parameterization; `x_hat` clipped to the data
     range `[-1, 1]` by default). The network itself is `make_denoise.net`."""
-    from ..diffusion.parameterization import as_denoiser
-
     net, cfg = load_model(path, ema=ema, device=device)
-    make = partial(as_denoiser, net, cfg.diffusion.prediction, clip_x)
-    make.net = net  # type: ignore[attr-defined]
-    return make, cfg
+    return NetDenoiser(net, cfg.diffusion.prediction, clip_x), cfg
 
 
 def export_model(path: str | Path, out_file: str | Path, ema: float | bool = True) -> Path:

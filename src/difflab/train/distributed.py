@@ -55,8 +55,14 @@ def init_distributed(device: str | None = None) -> DistInfo:
     return DistInfo(rank, world, local, dev)
 
 
-def shutdown_distributed() -> None:
+def shutdown_distributed(wait_for_all: bool = False) -> None:
+    """Destroy the process group; `wait_for_all` (after a normal end, never after an error on
+    one rank) first waits until every rank is done: a rank that tears the group down while
+    another still uses it can abort the process at exit ("terminate called without an
+    active exception")."""
     if dist.is_initialized():
+        if wait_for_all:
+            dist.barrier()
         dist.destroy_process_group()
 
 
@@ -64,7 +70,7 @@ def derive_seed(*entropy: int) -> int:
     """A 63-bit seed from integers via numpy's `SeedSequence` (well mixed, order-sensitive)."""
     if any(e < 0 for e in entropy):
         raise ValueError(f"seed entropy must be non-negative integers, got {entropy}")
-    return int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0] >> 1)
+    return int(np.random.SeedSequence(list(entropy)).generate_state(1, np.uint64)[0]) >> 1
 
 
 def all_reduce_mean(value: Tensor, info: DistInfo) -> Tensor:

@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from PIL import Image
-from torch import Tensor
+
+from ..fileio import write_text_atomic
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -66,37 +64,7 @@ def truncate_metrics(path: str | Path, step: int) -> None:
     if not path.is_file():
         return
     kept = [r for r in read_metrics(path) if r.get("step", 0) <= step and r.get("event") != "end"]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in kept), encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def image_grid(images: Tensor, nrow: int | None = None, pad: int = 2) -> np.ndarray:
-    """`[N, C, H, W]` images in [-1, 1] -> one `uint8` `[rows*(H+pad)+pad, ..., C]` array."""
-    if images.ndim != 4 or images.shape[1] not in (1, 3):
-        raise ValueError(f"images must have shape [N, 1 or 3, H, W], got {tuple(images.shape)}")
-    n, c, h, w = images.shape
-    nrow = nrow or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / nrow)
-    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    grid = np.zeros((rows * (h + pad) + pad, nrow * (w + pad) + pad, c), dtype=np.uint8)
-    for i, img in enumerate(pixels.permute(0, 2, 3, 1).numpy()):
-        r, col = divmod(i, nrow)
-        y, x = pad + r * (h + pad), pad + col * (w + pad)
-        grid[y : y + h, x : x + w] = img
-    return grid
-
-
-def save_image_grid(images: Tensor, path: str | Path, nrow: int | None = None, scale: int = 1):
-    """Write `image_grid(images)` as a PNG, upscaled by `scale` (nearest) for small images."""
-    grid = image_grid(images, nrow)
-    img = Image.fromarray(grid[..., 0] if grid.shape[-1] == 1 else grid)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+    write_text_atomic(path, "".join(json.dumps(r) + "\n" for r in kept))
 
 
 def plot_loss_curve(metrics_path: str | Path, out_png: str | Path) -> Path | None:

@@ -1,7 +1,8 @@
 """The training loop: AdamW + warmup + clipping + EMA, mixed precision, DDP, exact resume.
 
 `train_step` is one optimisation step of any per-example loss; `Trainer` runs it over a dataset
-with logging, sampling and checkpointing; `run_training(cfg)` is what `difflab train` calls.
+with logging, sampling and checkpointing; `run_training(cfg)` builds and runs it for a config
+(`difflab train` reaches it through `train.runs.launch_training`).
 A method (e.g. distillation) reuses the loop by passing its own
 
     loss_fn(models: Mapping[str, nn.Module], batch: (x, labels | None), generator) -> loss [B]
@@ -35,14 +36,17 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from ..allocator import apply_malloc_fix, malloc_fix_applied
 from ..config import DiffusionConfig, TrainConfig, config_to_dict, config_to_yaml
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.parameterization import as_denoiser
-from .allocator import apply_malloc_fix, malloc_fix_applied
+from ..fileio import write_text_atomic
+from ..images import save_image_grid
 from .checkpoint import (
     Checkpoint,
+    CheckpointWriteError,
+    find_resume_checkpoint,
     list_checkpoints,
-    newest_valid_checkpoint,
     optimizer_from_tensors,
     optimizer_to_tensors,
     remove_stale_temporaries,
@@ -64,7 +68,7 @@ from .distributed import (
     shutdown_distributed,
 )
 from .ema import EMA
-from .monitor import METRICS_FILE, MetricsLogger, plot_loss_curve, save_image_grid, truncate_metrics
+from .monitor import METRICS_FILE, MetricsLogger, plot_loss_curve, truncate_metrics
 
 Batch = tuple[Tensor, Tensor | None]
 LossFn = Callable[[Mapping[str, nn.Module], Batch, torch.Generator], Tensor]
@@ -129,9 +133,6 @@ class StepResult:
     loss: float
     grad_norm: float
     skipped: bool
-
-
-LR_DECAYS = ("constant", "cosine", "linear")
 
 
 def learning_rate(step: int, optim, total_steps: int) -> float:
@@ -213,7 +214,9 @@ def diffusion_loss_fn(cfg: DiffusionConfig) -> LossFn:
 
 
 def make_optimizer(modules: list[nn.Module], cfg) -> torch.optim.AdamW:
-    """AdamW; weight decay only on matrices/kernels (not on biases, norms, embeddings' scales)."""
+    """AdamW; weight decay only on matrices/kernels (not on biases, norms, embeddings' scales).
+    `torch.optim` imports `torch._dynamo` (about 1.5 s) when an optimizer is built: a cost of
+    training only, paid on use."""
     decay, no_decay = [], []
     for module in modules:
         for p in module.parameters():
@@ -418,7 +421,7 @@ class Trainer:
     def save(self) -> Path | None:
         """Checkpoint the current step (collective under DDP: every rank must call it)."""
         states = all_gather_object(_rng_state(), self.dist)
-        path = None
+        path = failed = None
         if self.dist.is_main:
             opt_tensors, opt_meta = optimizer_to_tensors(self.optimizer)
             rng = {}
@@ -441,10 +444,16 @@ class Trainer:
                 "ema_decays": list(self.ema.decays) if self.ema else [],
                 "trainable_extras": sorted(self.trainable_extras),
             }
-            path = save_checkpoint(
-                self.run_dir, self.step, files, state, self.cfg, self.cfg.train.keep_last
-            )
-        barrier(self.dist)
+            try:
+                path = save_checkpoint(
+                    self.run_dir, self.step, files, state, self.cfg, self.cfg.train.keep_last
+                )
+            except CheckpointWriteError as err:
+                failed = str(err)
+        # instead of a barrier: every rank learns whether the write failed, and stops with it
+        failed = all_gather_object(failed if self.dist.is_main else None, self.dist)[0]
+        if failed is not None:
+            raise CheckpointWriteError(failed)
         return path
 
     def load(self, ckpt: Checkpoint) -> None:
@@ -496,9 +505,17 @@ class Trainer:
         noise = torch.randn((n, *shape), generator=gen, device=self.device)
         classes = getattr(self.dataset, "num_classes", 0) or 0
         labels = torch.arange(n, device=self.device) % classes if self.conditional else None
-        with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
-            images = self.sample_fn(net, noise, labels)
-        net.train(was_training)
+        try:
+            with torch.random.fork_rng(devices=[]):  # sampling must not move the training RNG
+                images = self.sample_fn(net, noise, labels)
+        except FloatingPointError as err:  # a sampler's non-finite output: no grid, train on
+            warnings.warn(f"step {self.step}: no sample grid: {err}", stacklevel=2)
+            return None
+        finally:
+            net.train(was_training)
+        if not bool(torch.isfinite(images).all()):  # a custom sample_fn that does not check
+            warnings.warn(f"step {self.step}: no sample grid: non-finite samples", stacklevel=2)
+            return None
         scale = max(1, 128 // shape[-1])
         path = self.run_dir / "samples" / f"step_{self.step:07d}.png"
         nrow = classes if self.conditional and n >= classes else None  # one class per column
@@ -506,13 +523,10 @@ class Trainer:
 
     # ---- the run
 
-    def _prepare_run_dir(self, resume: bool) -> Checkpoint | None:
-        ckpt = None
-        if resume:
-            ckpt = newest_valid_checkpoint(self.run_dir)
-            if ckpt is None and self.dist.is_main:
-                print(f"no usable checkpoint in {self.run_dir}; starting from scratch")
-        elif list_checkpoints(self.run_dir):
+    def _prepare_run_dir(self, resume: bool, ckpt: Checkpoint | None) -> Checkpoint | None:
+        if resume and ckpt is None:
+            ckpt = find_resume_checkpoint(self.run_dir)
+        elif not resume and list_checkpoints(self.run_dir):
             raise ValueError(
                 f"train.out_dir {str(self.run_dir)!r} already has checkpoints: pass --resume to "
                 "continue that run, or choose another train.out_dir"
@@ -521,18 +535,30 @@ class Trainer:
         if self.dist.is_main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             remove_stale_temporaries(self.run_dir)
-            (self.run_dir / "config.yaml").write_text(config_to_yaml(self.cfg), encoding="utf-8")
+            write_text_atomic(self.run_dir / "config.yaml", config_to_yaml(self.cfg))
             if ckpt is not None:
                 truncate_metrics(self.run_dir / METRICS_FILE, ckpt.step)
-            elif not resume:
+                print(
+                    f"resumed from step {ckpt.step} of {self.cfg.train.steps} "
+                    f"(checkpoint {ckpt.path})"
+                )
+            else:  # a fresh run, or a resumed one that never wrote a checkpoint
                 (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+                if resume:
+                    print(f"no checkpoint in {self.run_dir} yet; starting from scratch")
         return ckpt
 
-    def fit(self, resume: bool = False) -> Path:
-        """Train to `train.steps` (continuing from the newest valid checkpoint if `resume`);
-        returns the run directory."""
+    def fit(self, resume: bool = False, checkpoint: Checkpoint | None = None) -> Path:
+        """Train to `train.steps` (continuing from `checkpoint`, default the newest valid one,
+        if `resume`); returns the run directory. A resumed run that has already reached
+        `train.steps` says so and changes nothing; one whose checkpoints are all unusable
+        raises `CheckpointError` naming them."""
+        if resume and checkpoint is None:
+            checkpoint = find_resume_checkpoint(self.run_dir)
+        if resume and finished(checkpoint, self.cfg, announce=self.dist.is_main):
+            return self.run_dir
         t = self.cfg.train
-        ckpt = self._prepare_run_dir(resume)
+        ckpt = self._prepare_run_dir(resume, checkpoint)
         seed_everything(derive_seed(t.seed, SEED_GLOBAL, self.dist.rank))
         if ckpt is not None:
             self.load(ckpt)
@@ -705,10 +731,31 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> Path:
 
     apply_malloc_fix()
     info = init_distributed()
+    done = False
     try:
+        checkpoint = find_resume_checkpoint(cfg.train.out_dir) if resume else None
+        if resume and finished(checkpoint, cfg, announce=info.is_main):
+            done = True
+            return Path(cfg.train.out_dir)  # before building the data set: nothing to do
         torch.manual_seed(derive_seed(cfg.train.seed, SEED_INIT))  # same init on every rank
         net = build_net(cfg.model.name, **cfg.model.kwargs)
         dataset = make_dataset(cfg.data.name, cfg.data.split, **cfg.data.kwargs)
-        return Trainer(cfg, net, dataset, dist_info=info).fit(resume=resume)
+        run_dir = Trainer(cfg, net, dataset, dist_info=info).fit(resume, checkpoint)
+        done = True
+        return run_dir
     finally:
-        shutdown_distributed()
+        shutdown_distributed(wait_for_all=done)
+
+
+def finished(checkpoint: Checkpoint | None, cfg: TrainConfig, announce: bool = True) -> bool:
+    """Whether a resumed run has nothing left to do: its checkpoint is at `train.steps` or
+    beyond. Prints so (when `announce`) with the way to continue."""
+    if checkpoint is None or checkpoint.step < cfg.train.steps:
+        return False
+    if announce:
+        print(
+            f"run {cfg.train.out_dir} is already finished at step {checkpoint.step} of "
+            f"{cfg.train.steps}; raise train.steps to continue (e.g. train.steps="
+            f"{2 * checkpoint.step})"
+        )
+    return True

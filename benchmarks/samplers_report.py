@@ -1,0 +1,454 @@
+"""The samplers study's report: `README.md` and `plot.png` of a study folder, rendered from its
+`results.json` alone (which the `samplers_*.py` scripts fill, each with its own keys).
+
+    python benchmarks/samplers_report.py --out results/samplers        # re-render
+    python benchmarks/samplers_report.py --out results/samplers_mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from common import RAW, fmt_sig, markdown_table, read_json, study_folder, write_report
+
+COV_VARIANTS = ("cov_ddim", "cov_ddim_table", "cov_ddim_mean_last", "cov_ddim_table_mean_last")
+"""The covariance-aware rows the checkpoint targets are reported for (every one, not the best)."""
+
+
+@dataclass
+class Row:
+    method: str
+    family: str
+    nfe_target: int
+    steps: int
+    nfe: int  # paper convention
+    jvps: int
+    seconds: float
+    metrics: dict
+    grid: str = ""
+
+    def nfe_compute(self, jvp_cost: float) -> float:
+        """NFE with each JVP charged `jvp_cost` forwards (the forward inside it included)."""
+        return self.nfe + (jvp_cost - 1.0) * self.jvps
+
+
+@dataclass
+class View:
+    """What the report needs of a `results.json`: the rows, the NFE of the main table, the
+    methods that ran, the JVP cost, the floor (oracle only)."""
+
+    kind: str  # "oracle" | "checkpoint"
+    headline: str
+    description: str
+    rows: list[Row]
+    nfes: tuple[int, ...]
+    main: set[str]
+    jvp_cost: float
+    floor: float | None
+
+    @classmethod
+    def of(cls, report: dict) -> View:
+        kind = "oracle" if "exact_samples" in report else "checkpoint"
+        key = report["headline"]
+        rows = [Row(**r) for r in report["rows"]]
+        cost = report["jvp_cost"]["checkpoint" if kind == "checkpoint" else "uvit16"]["vs_sdpa"]
+        floor = report["exact_samples"][key] if kind == "oracle" else None
+        main = {r.method for r in rows}
+        return cls(kind, key, report["setup"], rows, tuple(report["nfe"]), main, cost, floor)
+
+
+def fmt(v: float) -> str:
+    return fmt_sig(v)
+
+
+def best_of(rows: list[Row], family: str, nfe: int, key: str) -> Row | None:
+    pool = [r for r in rows if r.family == family and r.nfe_target == nfe]
+    return min(pool, key=lambda r: r.metrics[key]) if pool else None
+
+
+def targets(rows: list[Row], key: str, setup: View) -> list[str]:
+    """The study's quality targets, as measured (met or missed)."""
+    lines = []
+
+    def best(family, nfe):
+        return best_of(rows, family, nfe, key)
+
+    for nfe, rule in ((8, "half"), (6, "better"), (10, "better")):
+        ours, theirs = best("difflab", nfe), best("diffusers", nfe)
+        if ours is None or theirs is None:
+            continue
+        v_o, v_t = ours.metrics[key], theirs.metrics[key]
+        if rule == "half":
+            ok = v_o <= 0.5 * v_t
+            lines.append(
+                f"NFE {nfe}: best difflab `{ours.method}` {fmt(v_o)} vs best diffusers "
+                f"`{theirs.method}` {fmt(v_t)}: ratio {v_o / v_t:.2f} (target <= 0.5) "
+                f"**{'met' if ok else 'missed'}**"
+            )
+        else:
+            ok = v_o < v_t
+            lines.append(
+                f"NFE {nfe}: best difflab `{ours.method}` {fmt(v_o)} vs every diffusers "
+                f"scheduler (best `{theirs.method}` {fmt(v_t)}) **{'met' if ok else 'missed'}**"
+            )
+    if setup.kind == "checkpoint":  # the covariance-aware sampler vs the papers' baselines
+        for nfe in (8, 10):
+            for cov in COV_VARIANTS:
+                mine = [r for r in rows if r.method == cov and r.nfe_target == nfe]
+                rivals = [
+                    r
+                    for r in rows
+                    if r.method in ("ddim", "heun", "dpmpp_2m", "addim") and r.nfe_target == nfe
+                ]
+                if not mine or not rivals:
+                    continue
+                best = min(rivals, key=lambda r: r.metrics[key])
+                ok = mine[0].metrics[key] < best.metrics[key]
+                lines.append(
+                    f"NFE {nfe}: `{cov}` {fmt(mine[0].metrics[key])} vs the best of DDIM, Heun, "
+                    f"DPM-Solver++, aDDIM (`{best.method}` {fmt(best.metrics[key])}) "
+                    f"**{'met' if ok else 'missed'}**"
+                )
+    if setup.kind == "oracle":
+        for name in ("cov_ddim", "ddim", "dpmpp_2m", "unipc", "diffusers_dpmpp_2m"):
+            r = [x for x in rows if x.method == name and x.nfe_target == 8]
+            if r:
+                ratio = r[0].metrics.get("high_band_variance_ratio", math.nan)
+                extra = ""
+                if name == "cov_ddim":
+                    verdict = "met" if abs(ratio - 1) <= 0.25 else "missed"
+                    extra = f" (target within 25% of 1: **{verdict}**)"
+                lines.append(f"highest-band variance ratio at NFE 8, `{name}`: {ratio:.2f}{extra}")
+    return lines
+
+
+def table(rows: list[Row], key: str, setup: View, jvp_cost: float) -> list[str]:
+    cols = ["method", "family", "grid", "steps", "NFE", "JVPs", "NFE (compute)", key]
+    if setup.kind == "oracle":
+        cols += ["high band var ratio", "mode TV"]
+    cols += ["seconds"]
+    out = []
+    for nfe in sorted({r.nfe_target for r in rows if r.nfe_target in setup.nfes}):
+        cells = []
+        for r in sorted(
+            (r for r in rows if r.nfe_target == nfe and r.method in setup.main),
+            key=lambda r: r.metrics[key],
+        ):
+            vals = [
+                f"`{r.method}`",
+                r.family,
+                r.grid,
+                str(r.steps),
+                str(r.nfe),
+                str(r.jvps),
+                f"{r.nfe_compute(jvp_cost):.1f}",
+                fmt(r.metrics[key]),
+            ]
+            if setup.kind == "oracle":
+                vals += [
+                    f"{r.metrics.get('high_band_variance_ratio', math.nan):.2f}",
+                    f"{r.metrics.get('mode_weight_tv', math.nan):.3f}",
+                ]
+            cells.append(vals + [f"{r.seconds:.1f}"])
+        out += [f"\n### NFE {nfe}\n", *markdown_table(cols, cells)]
+    return out
+
+
+def plot(view: View, path: Path) -> None:
+    rows, key, jvp_cost, floor = view.rows, view.headline, view.jvp_cost, view.floor
+    # few-step Heun reaches 1e8 on the oracle: cap the axis at 100x the best value so the
+    # competitive range stays readable
+    finite = [r.metrics[key] for r in rows if math.isfinite(r.metrics[key])]
+    low = min(finite + ([floor] if floor else []))
+    cap = 100 * low
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5), sharey=True)
+    for ax, compute in zip(axes, (False, True)):
+        for name in sorted(view.main):
+            pts = sorted(
+                (r.nfe_compute(jvp_cost) if compute else r.nfe, r.metrics[key])
+                for r in rows
+                if r.method == name and r.nfe_target in view.nfes and math.isfinite(r.metrics[key])
+            )
+            if not pts:
+                continue
+            fam = next(r.family for r in rows if r.method == name)
+            style = "--" if fam == "diffusers" else "-"
+            width = 2.5 if name == "cov_ddim" else 1.2
+            ax.plot(*zip(*pts), style, marker="o", ms=3, lw=width, label=name)
+        if floor is not None:
+            ax.axhline(floor, color="gray", lw=0.8, ls=":", label="exact samples (floor)")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_ylim(0.8 * low, cap)
+        ax.set_xlabel(
+            f"NFE (compute-equivalent, JVP = {jvp_cost:.1f} forwards)"
+            if compute
+            else "NFE (paper convention: forward + JVP = 1)"
+        )
+        ax.grid(True, which="both", alpha=0.3)
+    axes[0].set_ylabel(key)
+    axes[1].legend(fontsize=7, ncol=2)
+    fig.suptitle(
+        f"difflab samplers (solid) vs diffusers schedulers (dashed); axis capped at {cap:.3g}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def total_seconds(report: dict) -> float:
+    """The wall time of the study: one number, or one per script (`seconds` by part)."""
+    seconds = report.get("seconds", 0.0)
+    return sum(seconds.values()) if isinstance(seconds, dict) else seconds
+
+
+def render(report: dict) -> str:
+    """The report of a study's `results.json`."""
+    setup = View.of(report)
+    rows, key, jvp_cost, floor = setup.rows, setup.headline, setup.jvp_cost, setup.floor
+    m = report["machine"]
+    lines = [
+        "# Few-step samplers vs diffusers' schedulers",
+        "",
+        f"Commands ({total_seconds(report) / 60:.0f} min in all), each adding its part to "
+        "`results.json`, from which `benchmarks/samplers_report.py` renders this report and "
+        "`plot.png`:",
+        "",
+        *[f"    {c}" for c in report["commands"]],
+        "",
+        f"- Denoiser: {setup.description}.",
+        f"- {report['num_samples']} samples per (sampler, NFE) from the same initial noise "
+        f"(seed {report['seed']}; sampler noise seeds {report['seed'] + 1000}+batch); metric "
+        f"`{key}`"
+        + (
+            f"; exact samples of the same size give {fmt(floor)} (the floor)."
+            if floor is not None
+            else "."
+        ),
+        f"- Machine: {m.get('processor', m.get('cpu'))} ({m.get('cpus', m.get('cores'))} CPUs "
+        "shared with other jobs, "
+        f"{m['torch_threads']} torch thread), {m['platform']}; torch {m['torch']}, diffusers "
+        f"{m['diffusers']}.",
+        "- NFE: paper convention (a forward with its JVP is one evaluation); Heun runs the "
+        "largest `2 steps - 1 <= NFE`. NFE (compute) charges each JVP its measured cost on a "
+        f"small U-ViT: {jvp_cost:.2f} forwards (see below).",
+        "- difflab samplers use their default grid (`difflab.sampling.DEFAULT_GRIDS`); diffusers "
+        "schedulers their own timesteps on the same schedule (`diffusers_adapter`). `euler` is "
+        "not listed: it equals `ddim` to round-off (tested).",
+        "",
+        "## Targets (measured)",
+        "",
+        *[f"- {t}" for t in targets(rows, key, setup)],
+    ]
+    ec = report.get("equal_compute", [])
+    if ec:
+        wins = sum(e["cov"] < e["best_peer_value"] for e in ec)
+        lines.append(
+            f"- Equal compute (JVP = {jvp_cost:.2f} forwards; each peer gets the next "
+            f"integer NFE at or above cov_ddim's cost): cov_ddim better in {wins} of "
+            f"{len(ec)} budgets."
+        )
+    for name in ("cov_ddim", "cov_ddim_table"):
+        et = [e for e in report.get("equal_time", []) if e["best_peer"] and e["method"] == name]
+        if et:
+            wins = sum(e["cov"] < e["best_peer_value"] for e in et)
+            lines.append(
+                f"- Equal measured wall time on this denoiser: `{name}` better than the best "
+                f"diffusers run that took no longer in {wins} of {len(et)} cases."
+            )
+    lines += ["", "## Results per NFE", *table(rows, key, setup, jvp_cost)]
+    costs = report["jvp_cost"]
+    u = costs["uvit16"]
+    lines += [
+        "",
+        "## Cost of a JVP",
+        "",
+        "Median over interleaved repetitions of (forward+JVP time) / (forward time), "
+        "`torch.func.jvp`, this CPU, one thread:",
+        "",
+        *[
+            f"- {name} (batch {c['batch']}): {c['vs_sdpa']:.2f} over the default (SDPA) forward "
+            f"({c['forward_sdpa_s'] * 1e3:.0f} ms) that a forward-only sampler uses, "
+            f"{c['vs_math']:.2f} over the math-attention forward "
+            f"({c['forward_math_s'] * 1e3:.0f} ms)"
+            for name, c in costs.items()
+        ],
+        f"- `uvit16` is a random-weight U-ViT at 16x16 ({u['params'] / 1e6:.2f}M parameters); the "
+        f"JVP runs with math attention (SDPA has no forward-mode AD). NFE (compute) uses "
+        f"{jvp_cost:.2f}.",
+    ]
+    if ec:
+        lines += [
+            "",
+            "## Equal compute",
+            "",
+            f"cov_ddim at `s` steps costs `s + {jvp_cost - 1:.2f} s` forwards; the peers run at "
+            "the next integer NFE.",
+            "",
+            *markdown_table(
+                [
+                    "cov_ddim steps",
+                    "forwards",
+                    f"cov_ddim {key}",
+                    "peer NFE",
+                    "best diffusers",
+                    f"its {key}",
+                ],
+                [
+                    [
+                        e["cov_steps"],
+                        f"{e['compute_nfe']:.1f}",
+                        fmt(e["cov"]),
+                        e["peer_nfe"],
+                        f"`{e['best_peer']}`",
+                        fmt(e["best_peer_value"]),
+                    ]
+                    for e in ec
+                ],
+            ),  # fmt: skip
+        ]
+    if report.get("equal_time"):
+        lines += [
+            "",
+            "## Equal wall time (measured on this denoiser)",
+            "",
+            *markdown_table(
+                [
+                    "method",
+                    "NFE",
+                    "seconds",
+                    key,
+                    "best diffusers no slower",
+                    "NFE",
+                    "seconds",
+                    key,
+                ],
+                [equal_time_cells(e) for e in report["equal_time"]],
+            ),  # fmt: skip
+        ]
+    if report.get("agreement"):
+        lines += [
+            "",
+            "## Agreement with diffusers on the same grid",
+            "",
+            "Our sampler on the levels the scheduler visits (`scheduler_grid`), same noise "
+            "and denoiser, 256 samples:",
+            "",
+            *markdown_table(
+                ["diffusers", "ours", "steps", "max abs difference", "sample std"],
+                [
+                    [
+                        f"`{a['peer']}`",
+                        f"`{a['ours']}`",
+                        a["steps"],
+                        f"{a['max_abs_diff']:.1e}",
+                        f"{a['sample_std']:.2f}",
+                    ]
+                    for a in report["agreement"]
+                ],
+            ),  # fmt: skip
+        ]
+    gs = report.get("grid_study")
+    if gs:
+        labels = list(next(iter(gs["fd"].values())))  # the grids, in study order
+        lines += [
+            "",
+            "## Grid study",
+            "",
+            f"`{key}` at NFE {', '.join(map(str, gs['nfe']))} "
+            f"({gs.get('num_samples', '?')} samples; geometric mean over NFE decides "
+            "the best; **bold**: the default).",
+            "",
+        ]
+        cells = []
+        for name, by_grid in gs["fd"].items():
+            row = [f"`{name}`"]
+            for label in labels:
+                text = " / ".join(fmt(v) for v in by_grid[label])
+                row.append(f"**{text}**" if label == gs["default"][name] else text)
+            cells.append(row + [gs["best"][name]])
+        lines += markdown_table(["sampler", *labels, "best"], cells)
+    ab = report.get("cov_ablation")
+    if ab:
+        nfes = [r["nfe_target"] for r in ab[0]["rows"]]
+        header = ["configuration", *(f"{key} @ NFE {n}" for n in nfes)]
+        if setup.kind == "oracle":
+            header += [f"high band @ {n}" for n in nfes]
+        cells = []
+        for a in ab:
+            vals = [a["config"], *(fmt(r["metrics"][key]) for r in a["rows"])]
+            if setup.kind == "oracle":
+                vals += [
+                    f"{r['metrics'].get('high_band_variance_ratio', math.nan):.2f}"
+                    for r in a["rows"]
+                ]
+            cells.append(vals)
+        lines += ["", "## cov_ddim ablation", "", "Default grid unless stated.", ""]
+        lines += markdown_table(header, cells)
+    if ov := report.get("overhead"):
+        lines += overhead_table(ov)
+    return "\n".join(lines) + "\n"
+
+
+def equal_time_cells(e: dict) -> list:
+    cells = [f"`{e['method']}`", e["cov_nfe"], f"{e['cov_seconds']:.1f}", fmt(e["cov"])]
+    if not e["best_peer"]:
+        return cells + ["(none as fast)", "", "", ""]
+    return cells + [f"`{e['best_peer']}`", e["best_peer_nfe"], f"{e['best_peer_seconds']:.1f}",
+                    fmt(e["best_peer_value"])]  # fmt: skip
+
+
+def overhead_table(ov: dict) -> list[str]:
+    lines = [
+        "",
+        "## Per-step sampler overhead",
+        "",
+        f"Seconds per denoiser call spent outside the denoiser (a free denoiser, 32 steps, "
+        f"batch {ov['batch']} at 3x32x32) over one forward of the 32x32 U-ViT "
+        f"(`cifar_uvit_config`, SDPA, {ov['uvit32_forward_s'] * 1e3:.0f} ms):",
+        "",
+    ]
+    cells = [[f"`{name}`", f"{o['seconds'] * 1e3:.2f} ms", f"{100 * o['fraction_of_forward']:.2f}%"]
+             for name, o in ov["per_step"].items()]  # fmt: skip
+    return lines + markdown_table(["sampler", "overhead per call", "fraction of a forward"], cells)
+
+
+def report_text(folder: Path) -> str:
+    """The report of a stored `results.json`."""
+    return render(read_json(Path(folder) / RAW))
+
+
+def render_folder(folder: str | Path, with_plot: bool = True) -> str | None:
+    """Re-render `<folder>/README.md` (and `plot.png`) from `<folder>/results.json`; nothing
+    (None) while the NFE sweep (`samplers_nfe.py`) has not stored its rows."""
+    folder = study_folder(folder)
+    report = read_json(folder / RAW)
+    if "rows" not in report:
+        print(f"{folder / RAW} has no sampler rows yet (run samplers_nfe.py): no report")
+        return None
+    text = render(report)
+    write_report(folder, text)
+    if with_plot:
+        plot(View.of(report), folder / "plot.png")
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--out", default="results/samplers", help="the study folder")
+    p.add_argument("--no-plot", action="store_true", help="only the markdown report")
+    args = p.parse_args(argv)
+    render_folder(args.out, with_plot=not args.no_plot)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,68 @@
+"""`difflab distill {mcm,mmd} --teacher CKPT --student-steps K [options] [key=value ...]`.
+
+The trailing `key=value` overrides are `TrainConfig` keys of the student run (e.g.
+`train.steps=5000 optim.lr=5e-5`; give them after the options or right after the method);
+`--opt key=value` sets fields of `MCMConfig` / `MMDConfig` (e.g. `--opt anneal_steps=20000
+--opt huber_c=null`). The exported student samples with its own sampler and levels
+(`difflab sample STUDENT`).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..methods.distill import METHODS, VARIANTS
+from .args import parse_options
+
+HELPS = {"mcm": "Multistep Consistency Models", "mmd": "Moment Matching distillation"}
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    from ..methods.distill import export_student, run_distillation
+
+    run = run_distillation(
+        args.method,
+        args.teacher,
+        args.student_steps,
+        variant=args.variant,
+        guidance=args.guidance,
+        out_dir=args.out,
+        overrides=args.overrides,
+        options=parse_options(args.opt),
+        resume=args.resume,
+    )
+    print(f"run directory: {run}")
+    if args.export:
+        print(f"exported student: {export_student(run, Path(args.export))}")
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Register `distill {mcm,mmd}` on the `difflab` sub-command parser."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--teacher", required=True, help="teacher checkpoint, run dir or model")
+    common.add_argument(
+        "--student-steps", type=int, required=True, help="the student's steps (>= 1)"
+    )
+    common.add_argument("--guidance", type=float, default=0.0, help="distil CFG with weight w")
+    common.add_argument("--out", default=None, help="run directory (default runs/distill_...)")
+    common.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
+    common.add_argument("--export", default=None, help="write the EMA student to this .safetensors")
+    common.add_argument("--opt", action="append", default=[], help="method option key=value")
+    common.add_argument("overrides", nargs="*", help="student TrainConfig overrides key=value")
+    p = sub.add_parser(
+        "distill",
+        help="distil a trained model into a few-step student (MCM or moment matching)",
+        description=__doc__.splitlines()[0],
+    )
+    methods = p.add_subparsers(dest="method", required=True)
+    for method in METHODS:
+        m = methods.add_parser(method, parents=[common], help=HELPS[method])
+        m.add_argument(
+            "--variant",
+            default=VARIANTS[method][0],
+            choices=VARIANTS[method],
+            help=f"default {VARIANTS[method][0]}",
+        )
+        m.set_defaults(func=cmd_distill)

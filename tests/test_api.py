@@ -1,0 +1,113 @@
+"""`difflab.api`: a loaded model's parts and sampling defaults, its denoisers against the
+formulas they implement, student defaults, and evaluation records."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+import torch
+
+from difflab import api
+from difflab.diffusion.parameterization import as_denoiser
+from difflab.train import load_denoiser
+from difflab.train.checkpoint import NetDenoiser
+
+MODEL = api.shipped_model_path()
+
+
+@pytest.fixture(scope="module")
+def model() -> api.LoadedModel:
+    return api.load(MODEL)
+
+
+def test_load_returns_the_net_config_and_defaults(model):
+    assert (model.sampler, model.steps, model.grid, model.student) == ("ddim", 32, "default", None)
+    assert model.shape == (1, 28, 28) and model.num_classes == 10
+    assert model.prediction == model.config.diffusion.prediction
+    assert model.source["sha256"] == hashlib.sha256(MODEL.read_bytes()).hexdigest()
+    assert model.schedule.logsnr_max == model.config.diffusion.build_schedule().logsnr_max
+    assert not model.net.training and not any(p.requires_grad for p in model.net.parameters())
+
+
+def test_denoisers_are_the_parameterization_and_cfg_formulas(model):
+    torch.manual_seed(0)
+    z, level = torch.randn(4, 1, 28, 28), torch.full((4,), 1.5)
+    labels = torch.tensor([0, 3, 5, 9])
+    cond = as_denoiser(model.net, model.prediction, 1.0, labels=labels)(z, level)
+    uncond = as_denoiser(model.net, model.prediction, 1.0)(z, level)
+    assert torch.equal(model.denoiser(labels)(z, level), cond)
+    assert torch.equal(model.denoiser()(z, level), uncond)
+    w = 2.0
+    guided = model.denoiser(labels, guidance=w)(z, level)
+    torch.testing.assert_close(guided, cond + w * (cond - uncond))
+    outside = model.denoiser(labels, guidance=w, interval=(-5.0, 1.0))(z, level)
+    assert torch.equal(outside, cond)  # logsnr 1.5 lies outside [-5, 1]
+    with pytest.raises(ValueError, match="guidance needs class labels"):
+        model.denoiser(guidance=w)
+
+
+def test_load_denoiser_is_a_real_factory():
+    make, cfg = load_denoiser(MODEL)
+    assert isinstance(make, NetDenoiser) and make.prediction == cfg.diffusion.prediction
+    z, level = torch.randn(2, 1, 28, 28), torch.zeros(2)
+    expected = as_denoiser(make.net, make.prediction, 1.0, labels=torch.tensor([1, 2]))(z, level)
+    assert torch.equal(make(labels=torch.tensor([1, 2]))(z, level), expected)
+
+
+def test_student_defaults_and_explicit_settings(model):
+    levels = [-10.0, 0.0]
+    student = api.LoadedModel(
+        model.path, model.net, model.config, model.source,
+        {"sampler": "ddpm", "steps": 2, "logsnrs": levels, "final_logsnr": "inf"},
+    )  # fmt: skip
+    sampler, steps, grid = api.sampling_settings(student, None, None, None)
+    assert (sampler, steps) == ("ddpm", 2)
+    assert grid.tolist() == [-10.0, 0.0, float("inf")]
+    assert api.sampling_settings(student, None, 4, None) == ("ddpm", 4, "default")
+    assert api.sampling_settings(student, "ddim", None, "edm") == ("ddim", 2, "edm")
+    assert api.sampling_settings(model, None, None, None) == ("ddim", 32, "default")
+    gen = api.sample(student, num=2, progress=False)
+    assert (gen.sampler, gen.steps, gen.grid, gen.nfe) == ("ddpm", 2, "explicit", 2)
+
+
+def test_sample_rejects_what_would_be_ignored(model):
+    with pytest.raises(ValueError, match="interval .* has no effect without guidance"):
+        api.sample(model, num=2, interval=(-2.0, 6.0))
+    with pytest.raises(ValueError, match=r"label must be in \[0, 10\), got 10"):
+        api.sample(model, num=2, label=10)
+    assert api.class_labels(model, 12, None).tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 0, 1]
+    assert api.class_labels(model, 3, "7").tolist() == [7, 7, 7]
+
+
+def test_evaluate_appends_its_record_and_checks_the_out_file(model, tmp_path):
+    out = tmp_path / "r" / "eval.json"
+    kwargs = dict(metrics="fd-lenet", num=20, ref_num=50, steps=2, progress=False)
+    record = api.evaluate(model, out=out, **kwargs)
+    assert json.loads(out.read_text()) == [json.loads(json.dumps(record))]
+    assert record["nfe"] == 2 and record["steps"] == 2 and record["fd-lenet"] > 0
+    api.evaluate(model, out=out, **kwargs)
+    assert len(json.loads(out.read_text())) == 2
+    with pytest.raises(ValueError, match="elbo-logsnr-max must lie in"):
+        api.evaluate(model, metrics="elbo", num=4, elbo_logsnr_max=99.0)
+
+
+def test_evaluate_checks_the_sample_shape_before_sampling(monkeypatch):
+    """An 8x8 model scored against 28x28 MNIST: an error naming both shapes, before sampling."""
+    from pathlib import Path
+
+    from difflab.config import load_config
+    from difflab.train.checkpoint import build_net_from_config
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "digits_tiny.yaml")
+    small = api.LoadedModel(Path("tiny"), build_net_from_config(cfg).eval(), cfg, {"path": "t"})
+    assert small.shape == (1, 8, 8)
+
+    def boom(*args, **kwargs):
+        raise AssertionError("sampled before the shapes were checked")
+
+    monkeypatch.setattr(api, "generate", boom)
+    match = r"samples of tiny of shape \[N, 1, 8, 8\] cannot be compared with mnist images"
+    with pytest.raises(ValueError, match=match):
+        api.evaluate(small, metrics="fd-lenet,kid-lenet", num=4, ref_num=10)
