@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.difflab-installed
-# glibc malloc tuning (see src/difflab/train/allocator.py); the CLI also applies it itself
+# glibc malloc tuning (see src/difflab/allocator.py); the CLI also applies it itself
 export GLIBC_TUNABLES ?= glibc.malloc.mmap_threshold=33554432:glibc.malloc.trim_threshold=4294967296
 
 .PHONY: setup demo test test-slow lint format bench clean

@@ -135,13 +135,13 @@ def render(title: str, study: dict) -> list[str]:
 def main(argv=None) -> int:
     import torch
 
+    from difflab.allocator import apply_malloc_fix
     from difflab.data.mnist import load_mnist
     from difflab.eval.features import get_feature_extractor
     from difflab.eval.metrics import frechet_distance
     from difflab.eval.reference import load_reference_stats
     from difflab.sampling import get_sampler, measure_posterior_spectrum
     from difflab.train import load_denoiser
-    from difflab.train.allocator import apply_malloc_fix
 
     apply_malloc_fix()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])

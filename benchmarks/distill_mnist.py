@@ -29,9 +29,9 @@ from common import (
 from distill_reports import SAMPLES, parse, save_study, study_arguments
 from torch import Tensor
 
+from difflab.allocator import apply_malloc_fix
 from difflab.sampling.generate import generate
 from difflab.train import list_checkpoints
-from difflab.train.allocator import apply_malloc_fix
 
 MNIST_PLAN = (("mmd", "alternating", 8), ("mmd", "alternating", 4), ("mcm", "cd", 4),
               ("mcm", "cd", 8), ("mcm", "ct", 4), ("mmd", "alternating", 1),

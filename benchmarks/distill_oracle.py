@@ -54,6 +54,7 @@ from distill_reports import (
 )
 from torch import Tensor, nn
 
+from difflab.allocator import apply_malloc_fix
 from difflab.config import TrainConfig, config_from_dict
 from difflab.data import make_dataset
 from difflab.diffusion.losses import sigmoid_weight, v_mse_weight, weighted_x_loss
@@ -68,7 +69,6 @@ from difflab.nets.layers import fourier_features
 from difflab.sampling import DEFAULT_GRIDS, default_grid, get_sampler
 from difflab.sampling.generate import generate
 from difflab.train import Checkpoint, Trainer, list_checkpoints
-from difflab.train.allocator import apply_malloc_fix
 
 TEACHER_LONG = ("ddim", "dpmpp_2m")  # also at 256 NFE (the near-exact reference)
 WEIGHTING = {"name": "sigmoid", "bias": -2.0}

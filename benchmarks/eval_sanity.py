@@ -44,10 +44,10 @@ from common import (
     write_report,
 )
 
+from difflab.allocator import apply_malloc_fix, malloc_fix_applied
 from difflab.data.mnist import load_mnist
 from difflab.eval.features import InceptionFeatures, get_feature_extractor
 from difflab.eval.metrics import feature_stats, frechet_distance, kernel_inception_distance
-from difflab.train.allocator import apply_malloc_fix, malloc_fix_applied
 
 NOISE_LEVELS = (0.05, 0.1, 0.2)
 BLUR_LEVELS = (0.5, 1.0, 1.5)

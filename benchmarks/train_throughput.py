@@ -8,7 +8,7 @@ subprocess, because the allocator fix (`mallopt`) is process-wide and peak RSS i
     nets        uvit, residual_uvit, unet (difflab) and diffusers.UNet2DModel, ~2.5M params each
     shapes      28x28x1 (MNIST) and 32x32x3 (CIFAR-like), batch 128
     precision   fp32 and bf16 autocast
-    allocator   with and without the glibc malloc fix (difflab.train.allocator)
+    allocator   with and without the glibc malloc fix (difflab.allocator)
 
     python benchmarks/train_throughput.py        # all variants -> results/train_throughput/
     python benchmarks/train_throughput.py --steps 3 --warmup 1 --only uvit
@@ -101,7 +101,7 @@ def build(net_name: str, channels: int, resolution: int):
 
 
 def worker(spec: dict) -> dict:
-    from difflab.train.allocator import apply_malloc_fix
+    from difflab.allocator import apply_malloc_fix
 
     fix = apply_malloc_fix()  # honours DIFFLAB_NO_MALLOC_FIX=1, set by the parent for "off"
     import resource

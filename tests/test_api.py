@@ -86,7 +86,17 @@ def test_evaluate_appends_its_record_and_checks_the_out_file(model, tmp_path):
     kwargs = dict(metrics="fd-lenet", num=20, ref_num=50, steps=2, progress=False)
     record = api.evaluate(model, out=out, **kwargs)
     assert json.loads(out.read_text()) == [json.loads(json.dumps(record))]
-    assert record["nfe"] == 2 and record["steps"] == 2 and record["fd-lenet"] > 0
+    assert record["nfe"] == 2 and record["steps"] == 2
+    # the fd-lenet of the same 20 samples, from their LeNet features and the test statistics
+    from difflab.eval.features import LeNetFeatures
+    from difflab.eval.metrics import frechet_distance
+    from difflab.eval.reference import load_reference_stats
+
+    samples = api.sample(model, num=20, steps=2, progress=False).samples
+    lenet = LeNetFeatures()
+    stats = load_reference_stats("mnist", "test", lenet)
+    direct = frechet_distance(lenet(samples.clamp(-1, 1), progress=False), stats)
+    assert record["fd-lenet"] == pytest.approx(direct, rel=1e-9)
     api.evaluate(model, out=out, **kwargs)
     assert len(json.loads(out.read_text())) == 2
     with pytest.raises(ValueError, match="elbo-logsnr-max must lie in"):

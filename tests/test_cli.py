@@ -19,7 +19,7 @@ from safetensors import safe_open
 from difflab import api
 from difflab.cli import build_parser, main
 from difflab.cli.args import normalize_argv
-from difflab.images import to_uint8_pixels
+from difflab.images import image_grid, to_uint8_pixels
 
 MODEL = api.shipped_model_path()
 FAST = ["--num", "3", "--steps", "2"]
@@ -168,6 +168,11 @@ def test_sampler_options_reach_the_sampler(tmp_path, capsys):
     plain = api.sample(MODEL, num=3, steps=2, progress=False).samples
     noisy = api.sample(MODEL, num=3, steps=2, options={"eta": 1.0}, progress=False).samples
     assert not torch.equal(plain, noisy)
+    # the PNGs are the eta = 1 samples (seed 0 in both), not the deterministic ones
+    written = torch.stack([torch.from_numpy(np.array(Image.open(out / f"{i:05d}.png")))
+                           for i in range(3)])  # fmt: skip
+    assert torch.equal(written, to_uint8_pixels(noisy)[:, 0])
+    assert not torch.equal(written, to_uint8_pixels(plain)[:, 0])
     assert main(["sample", str(MODEL), *FAST, "--opt", "nope=1", "--out", str(tmp_path / "x")]) == 2
     assert "nope" in capsys.readouterr().err
 
@@ -176,10 +181,18 @@ def test_demo_writes_its_grid(tmp_path, capsys, monkeypatch):
     from difflab.cli import sample as sample_cli
 
     monkeypatch.setattr(sample_cli, "DEMO_ROWS", (("ddim", 2), ("ddpm", 3)))
-    assert main(["demo", "--num", "4", "--out", str(tmp_path)]) == 0
+    assert main(["demo", "--num", "4", "--seed", "3", "--out", str(tmp_path)]) == 0
     assert "rows (top to bottom): ddim 2, ddpm 3 steps" in capsys.readouterr().out
     # 2 rows of 4 images of 28 + 2 pixels (+ 2 border), scaled by 3
-    assert Image.open(tmp_path / "demo_grid.png").size == (3 * (4 * 30 + 2), 3 * (2 * 30 + 2))
+    grid = np.array(Image.open(tmp_path / "demo_grid.png"))
+    assert grid.shape == (3 * (2 * 30 + 2), 3 * (4 * 30 + 2))
+    # row by row the samples of the library with each row's sampler and steps, the same seed
+    rows = [api.sample(MODEL, num=4, sampler=s, steps=n, seed=3, progress=False).samples
+            for s, n in (("ddim", 2), ("ddpm", 3))]  # fmt: skip
+    want = image_grid(torch.cat(rows), 4).squeeze(-1).repeat(3, 0).repeat(3, 1)
+    np.testing.assert_array_equal(grid, want)
+    swapped = image_grid(torch.cat(rows[::-1]), 4).squeeze(-1).repeat(3, 0).repeat(3, 1)
+    assert (grid != swapped).mean() > 0.05  # the two rows differ: the order is checked
 
 
 def test_eval_checks_dataset_split_extra_and_out_before_sampling(

@@ -150,8 +150,23 @@ def test_kid_is_zero_within_its_std_for_one_distribution_and_positive_when_shift
     assert abs(same.mean) < same.std
     shifted = kernel_inception_distance(x, y + 0.5, num_subsets=20, subset_size=200)
     assert shifted.mean > 5 * shifted.std > 0
+    # the population MMD^2 of N(0, I) and N(0.5, I) under k = (x.y / d + 1)^3, in closed form;
+    # the subset mean is within 4 standard errors of the whole sample (variance ~ 1 / n)
+    exact = _poly3_mean(0.0, 0.0) + _poly3_mean(0.5, 0.5) - 2 * _poly3_mean(0.0, 0.5)
+    assert exact == pytest.approx(1.1171875, rel=1e-12)
+    assert abs(shifted.mean - exact) < 4 * shifted.std * (200 / 1000) ** 0.5, (shifted, exact)
     again = kernel_inception_distance(x, y + 0.5, num_subsets=20, subset_size=200)
     assert again == shifted  # seeded
+
+
+def _poly3_mean(a: float, b: float, d: int = 8) -> float:
+    """`E (x.y / d + 1)^3` for independent `x ~ N(a 1, I)`, `y ~ N(b 1, I)` in `d` dims, from
+    the cumulants of `S = x.y = sum_i x_i y_i` (independent terms: cumulants add)."""
+    t1, t2 = a * b, (1 + a**2) * (1 + b**2)  # E x_i y_i, E (x_i y_i)^2
+    t3 = (a**3 + 3 * a) * (b**3 + 3 * b)  # E (x_i y_i)^3
+    k1, k2, k3 = d * t1, d * (t2 - t1**2), d * (t3 - 3 * t2 * t1 + 2 * t1**3)
+    m1, m2, m3 = k1, k2 + k1**2, k3 + 3 * k2 * k1 + k1**3  # raw moments of S
+    return m3 / d**3 + 3 * m2 / d**2 + 3 * m1 / d + 1
 
 
 def test_kid_rejects_mismatched_dims():
@@ -431,11 +446,14 @@ def test_eval_cli_scores_the_shipped_model_and_rejects_a_bad_decoder_level(tmp_p
     assert main(["eval", *common, "--metric", "fd-lenet,elbo", "--out", str(out)]) == 0
     (record,) = json.loads(out.read_text())
     assert record["grid"] == "default: uniform_t" and record["nfe"] == 3
-    from difflab.eval.scores import feature_metrics
+    from difflab.eval.reference import load_reference_stats
 
+    # the fd-lenet of the same samples, from their LeNet features and the test statistics
     gen = api.sample(ckpt, num=24, sampler="ddim", steps=3, progress=False)
-    direct = feature_metrics(gen.samples, ["fd-lenet"], ref_num=200)["fd-lenet"]
-    assert record["fd-lenet"] == pytest.approx(direct, rel=1e-9) and direct > 0
+    lenet = LeNetFeatures()
+    features = lenet(gen.samples.clamp(-1, 1), progress=False)
+    direct = frechet_distance(features, load_reference_stats("mnist", "test", lenet))
+    assert record["fd-lenet"] == pytest.approx(direct, rel=1e-9)
     # the record holds the ELBO of the first 24 test images, seed 0 (the library call)
     direct = api.model_elbo(api.load(ckpt), dataset="mnist", split="test", num=24, seed=0)
     assert record["elbo_logsnr_max"] == 15.0 == direct["elbo_logsnr_max"]
@@ -454,7 +472,22 @@ def test_eval_real_scores_held_out_images_as_the_floor(tmp_path):
     assert main([*args, "--ref-num", "500", "--out", str(out)]) == 0
     (record,) = json.loads(out.read_text())
     assert record["real"] == "mnist/train" and record["reference"] == "mnist/test"
-    assert 0 < record["fd-lenet"] < 30
+    # the record is the metrics of the first 500 training images, recomputed here from their
+    # features: FD against the whole test split's statistics, precision/recall against the
+    # first 500 test images (the reference set of `--ref-num 500`)
+    from difflab.eval.reference import load_reference_stats, reference_images
+
+    lenet = LeNetFeatures()
+    train = lenet(reference_images("mnist", "train", 500), progress=False)
+    test = lenet(reference_images("mnist", "test", 500), progress=False)
+    stats = load_reference_stats("mnist", "test", lenet)
+    assert stats.num == 10_000
+    assert record["fd-lenet"] == pytest.approx(frechet_distance(train, stats), rel=1e-9)
+    pr = precision_recall(test, train)
+    assert (record["pr-lenet_precision"], record["pr-lenet_recall"]) == (pr.precision, pr.recall)
+    # real digits are the floor (20 here, the small-sample bias of 500 images in 128 dims), far
+    # below unit-range images misread as [-1, 1] (942); most of each set covers the other
+    assert record["fd-lenet"] < 30
     assert record["pr-lenet_precision"] > 0.6 and record["pr-lenet_recall"] > 0.6
 
 

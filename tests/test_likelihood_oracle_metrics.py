@@ -1,5 +1,6 @@
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -50,6 +51,16 @@ def test_discretized_decoder():
     z = torch.full((256, 1, 1, 1), 0.3, dtype=torch.float64)
     probs = discretized_log_likelihood(values, z, 0.0).exp()
     assert abs(float(probs.sum()) - 1) < 1e-9 and float(probs.max()) < 0.01
+    # the categorical written out with numpy: at logsnr 0, alpha = sigma, so the logits are
+    # -(z sqrt(2) - x_k)^2 / 2 (scale sigma / alpha = 1)
+    x_k = 2 * np.arange(256) / 255 - 1
+    logits = -0.5 * (0.3 * np.sqrt(2) - x_k) ** 2
+    want = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(probs.numpy(), want, rtol=1e-10, atol=0)
+    # a whole image is the product over its pixels (log-probabilities add)
+    image = values[[0, 100, 255]].reshape(1, 1, 1, 3)
+    total = discretized_log_likelihood(image, torch.full_like(image, 0.3), 0.0)
+    assert float(total) == pytest.approx(float(np.log(want[[0, 100, 255]]).sum()), rel=1e-10)
 
 
 def test_elbo_bad_arguments():

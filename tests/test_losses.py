@@ -103,7 +103,14 @@ def test_multiscale_loss_single_scale_is_mse_and_pooling_matters():
     eps_hat = torch.randn(4, 1, 32, 32, generator=gen)
     plain = (eps - eps_hat).pow(2).flatten(1).mean(1)
     torch.testing.assert_close(multiscale_eps_mse(eps, eps_hat, 32), plain)
-    # white-noise errors average out under pooling, so adding coarse scales lowers the loss
+    # scales 32, 16, 8 weighted 1/s (normalised), written out with 2x2 block means
+    err, terms = eps - eps_hat, []
+    for s in (32, 16, 8):
+        terms.append(err.pow(2).flatten(1).mean(1) / s)
+        err = err.unflatten(-1, (-1, 2)).unflatten(-3, (-1, 2)).mean((-3, -1))
+    want = sum(terms) / (1 / 32 + 1 / 16 + 1 / 8)
+    torch.testing.assert_close(multiscale_eps_mse(eps, eps_hat, 8), want)
+    # white-noise errors average out under pooling (variance / 4 per halving)
     assert (multiscale_eps_mse(eps, eps_hat, 8) < plain).all()
     with pytest.raises(ValueError, match="square"):
         multiscale_eps_mse(eps[..., :16], eps_hat[..., :16], 8)

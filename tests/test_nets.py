@@ -149,11 +149,16 @@ def test_per_element_map_reaches_the_net():
     assert not torch.allclose(net(z, a), net(z, b), atol=1e-4)
 
 
-def test_infinite_logsnr_gives_finite_output():
+def test_infinite_logsnr_gives_the_limit_of_large_levels():
+    """The net sees `tanh(logsnr / 10)`: at +-inf exactly its limit +-1, which float32 reaches
+    by +-1000; the levels still matter (+inf, -inf and 0 give different outputs)."""
     net = randomize(tiny("uvit")).eval()
     z, _ = inputs(net)
     out = net(z, torch.tensor([float("inf"), float("-inf"), 0.0]))
     assert torch.isfinite(out).all()
+    torch.testing.assert_close(out, net(z, torch.tensor([1e3, -1e3, 0.0])), rtol=0, atol=0)
+    same_z = net(z[:1].expand(3, -1, -1, -1), torch.tensor([float("inf"), float("-inf"), 0.0]))
+    assert (same_z[0] - same_z[1]).abs().max() > 1e-3 and (same_z[0] - same_z[2]).abs().max() > 1e-3
 
 
 def test_labels_none_is_the_null_label_and_label_dropout_only_in_training():

@@ -468,9 +468,9 @@ def run_distillation(
     `variant`: `cd`/`ct` (mcm) or `alternating`/`param` (mmd); `options`: further fields of
     `MCMConfig`/`MMDConfig`; `overrides`: `key=value` on the student's `TrainConfig` (e.g.
     `train.steps=2000 optim.lr=5e-5`). Works under `torchrun` like `difflab train`."""
+    from ..allocator import apply_malloc_fix
     from ..data import make_dataset
     from ..nets import build_net
-    from ..train.allocator import apply_malloc_fix
     from ..train.distributed import SEED_INIT, derive_seed, init_distributed, shutdown_distributed
 
     opts = dict(options or {})
@@ -481,6 +481,7 @@ def run_distillation(
     method_cfg = method_config(method, student_steps, **opts)
     apply_malloc_fix()
     info = init_distributed()
+    done = False
     try:
         teacher, teacher_cfg = teacher_from_checkpoint(
             teacher_ckpt, guidance=guidance, device=str(info.device)
@@ -491,6 +492,8 @@ def run_distillation(
         init = build_net(cfg.model.name, **cfg.model.kwargs)  # label dropout off
         init.load_state_dict(teacher.net.state_dict())
         dataset = make_dataset(cfg.data.name, cfg.data.split, **cfg.data.kwargs)
-        return distill(method_cfg, teacher, init, dataset, cfg, resume=resume, dist_info=info)
+        run_dir = distill(method_cfg, teacher, init, dataset, cfg, resume=resume, dist_info=info)
+        done = True
+        return run_dir
     finally:
-        shutdown_distributed()
+        shutdown_distributed(wait_for_all=done)

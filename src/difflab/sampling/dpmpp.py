@@ -12,8 +12,10 @@ step ratios `r_j = h_{j} / h` of the previous steps:
 
 - order 1 (= DDIM): `z_s = (sigma_s/sigma_t) z_t - alpha_s phi_1 D0`
 - order 2 (2M):     `... - alpha_s phi_1 / 2 * D1`,  `D1 = (m0 - m1) / r0`
-- order 3 (3M):     `... + alpha_s (phi_1/h + 1) D1 - alpha_s ((phi_1 + h)/h^2 - 1/2) D2`
-                    with `D1`, `D2` the first and second divided differences (app. B).
+- order 3 (3M):     `... + alpha_s (phi_1/h + 1) D1 - 2 alpha_s ((phi_1 + h)/h^2 - 1/2) D2`
+                    with `D1`, `D2` the first and second divided differences (app. B; the
+                    factor 2 comes from `D2` being a divided difference, not a half second
+                    derivative: docs/methods/dpm_solver.md).
 
 The weights of every order sum to the DDIM slope `kappa = -alpha_s phi_1` (they integrate
 constants exactly), so the 2M step is a DDIM step on the extrapolated data estimate
