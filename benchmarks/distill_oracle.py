@@ -11,7 +11,8 @@ mixture weights and the samples' component frequencies (`mode_weight_tv`). Stage
     init      a small MLP net regressed onto the oracle's denoiser: the students' starting point
               (it plays the role of the pretrained diffusion model a student is copied from)
     students  MCM-CD, MCM-CT, MMD (alternating) and MMD (parameter space, Adam / no
-              preconditioner) at 1/2/4/8 steps, each for `--student-budget` training steps
+              preconditioner) at 1/2/4/8 steps, each for `--student-budget` training steps;
+              one-step EMD (`emd-k<K>`: K Langevin steps; `-nocancel`, `-xz`, `-eps` ablations)
     report    `<out>/README.md` and `<out>/results.json`
 
 Every stage caches its runs under `--work-dir` (checkpointed, resumable) and its numbers in
@@ -64,6 +65,7 @@ from difflab.diffusion.schedules import CosineSchedule
 from difflab.eval.oracle_metrics import exact_frechet, mode_weight_tv
 from difflab.methods.consistency import MCMConfig
 from difflab.methods.distill import OracleTeacher, Teacher, build_distillation, sample_student
+from difflab.methods.em_distill import EMDConfig
 from difflab.methods.moment_matching import MMDConfig
 from difflab.nets.layers import fourier_features
 from difflab.sampling import DEFAULT_GRIDS, default_grid, get_sampler
@@ -277,6 +279,10 @@ def student_methods(args) -> dict:
         "mmd-anchored": lambda k: MMDConfig(k, "alternating", aux_teacher_weight=1.0),
         "mmd-param-adam": lambda k: MMDConfig(k, "param", preconditioner="adam"),
         "mmd-param": lambda k: MMDConfig(k, "param", preconditioner="none"),
+        **{f"emd-k{n}": (lambda k, n=n: EMDConfig(k, mcmc_steps=n)) for n in (0, 4, 8, 16)},
+        "emd-k4-nocancel": lambda k: EMDConfig(k, mcmc_steps=4, noise_cancel=False),
+        "emd-k4-xz": lambda k: EMDConfig(k, "x_z", mcmc_steps=4),
+        "emd-k4-eps": lambda k: EMDConfig(k, "eps", mcmc_steps=4),
     }
 
 

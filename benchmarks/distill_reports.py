@@ -101,6 +101,36 @@ def target_lines(students: dict, results: dict) -> list[str]:
     return lines
 
 
+def emd_target_lines(students: dict, results: dict) -> list[str]:
+    """EMD's targets (one step): its best student beats the 1-step MCM-CD and MMD students, and
+    K > 0 beats K = 0; each row with its training wall time."""
+    tolerance = results.get("exact_samples", {}).get("frechet", 0.0)
+    emd = {k: r for k, r in students.items() if k.startswith("emd") and k.endswith("@1")}
+    if not emd:
+        return []
+    lines = ["EMD (one step; training wall time on the shared CPU):", ""]
+    for key, r in sorted(emd.items()):
+        lines.append(f"- {key}: FD {r['ema']['frechet']:.4f}, mode TV {r['ema']['mode_tv']:.3f}"
+                     f" ({r['train_seconds'] / 60:.1f} min)")  # fmt: skip
+    best_key, best = min(emd.items(), key=lambda kr: kr[1]["ema"]["frechet"])
+    fd = best["ema"]["frechet"]
+    for other in ("mcm-cd@1", "mmd@1"):
+        if other in students:
+            ref = students[other]["ema"]["frechet"]
+            lines.append(f"- best EMD ({best_key}) {fd:.4f} vs {other} {ref:.4f} "
+                         f"({students[other]['train_seconds'] / 60:.1f} min): "
+                         f"**{verdict(fd, ref, tolerance)}**")  # fmt: skip
+    k0 = emd.get("emd-k0@1")
+    longer = {k: r for k, r in emd.items() if k.split("-")[1] != "k0" and k.count("-") == 1}
+    if k0 and longer:
+        key, r = min(longer.items(), key=lambda kr: kr[1]["ema"]["frechet"])
+        lines.append(f"- K > 0 ({key}) {r['ema']['frechet']:.4f} vs K = 0 "
+                     f"{k0['ema']['frechet']:.4f}: "
+                     f"**{verdict(r['ema']['frechet'], k0['ema']['frechet'], tolerance)}** "
+                     "(one seed; the seed spread is in the notes)")  # fmt: skip
+    return lines + [""]
+
+
 def own_architecture(fd: float, results: dict, nfe: int) -> str:
     """The student against its own architecture trained as a diffusion model (the init net) at
     `nfe`: the paper's comparison, where the teacher is a network of the same kind."""
@@ -126,18 +156,18 @@ def oracle_report(results: dict, args) -> str:
         f"{args.seed}) for every row. Machine: {m.get('processor', m.get('cpu'))}, "
         f"{m.get('cpu_count', m.get('cores'))} shared cores, torch {m['torch']}.",
         "",
-        "## Teacher (the exact denoiser) by sampler and NFE",
-        "",
     ]
-    rows = []
-    for sampler in TEACHER_SAMPLERS:
-        cells = []
-        for n in (*TEACHER_NFES, 256):
-            r = results.get("teacher", {}).get(f"{sampler}@{n}")
-            cells.append("" if r is None else f"{r['frechet']:.4f} / {r['mode_tv']:.3f}")
-        rows.append([sampler, *cells])
-    lines += markdown_table(["sampler", *(f"NFE {n}" for n in (*TEACHER_NFES, 256))], rows)
-    lines += ["", "Cells: Frechet distance / mode TV.", ""]
+    if results.get("teacher"):  # a students-only run in its own work dir has no teacher rows
+        lines += ["## Teacher (the exact denoiser) by sampler and NFE", ""]
+        rows = []
+        for sampler in TEACHER_SAMPLERS:
+            cells = []
+            for n in (*TEACHER_NFES, 256):
+                r = results["teacher"].get(f"{sampler}@{n}")
+                cells.append("" if r is None else f"{r['frechet']:.4f} / {r['mode_tv']:.3f}")
+            rows.append([sampler, *cells])
+        lines += markdown_table(["sampler", *(f"NFE {n}" for n in (*TEACHER_NFES, 256))], rows)
+        lines += ["", "Cells: Frechet distance / mode TV.", ""]
     meta = results.get("init_meta", {})
     budget_text = f"{GRID_BUDGET} steps" if results.get("students") else "the steps below"
     lines += [
@@ -176,6 +206,7 @@ def oracle_report(results: dict, args) -> str:
         lines += student_table(students, results)
         lines += ["", f"Targets (a difference below the exact samples' own distance, {exact:.4f}, "
                   "is a tie):", ""] + target_lines(students, results) + [""]  # fmt: skip
+        lines += emd_target_lines(students, results)
     lines += [
         "Reproduce (runs and numbers are cached under `--work-dir`, so the commands resume):",
         "",
@@ -270,7 +301,8 @@ def save_study(folder: Path, key: str, results: dict, args: argparse.Namespace) 
     flags = {k: v for k, v in vars(args).items() if k != "command"}
     write_json(folder / RAW, {key: results, "args": flags}, sort_keys=True)
     report = oracle_report if key == "oracle" else mnist_report
-    write_report(folder, report(results, args))
+    # rendered from the stored (key-sorted) numbers, so `reports.py` re-renders it identically
+    write_report(folder, report(read_json(folder / RAW)[key], args))
     record_run(folder, args.command)
 
 

@@ -30,6 +30,8 @@ from common import (
 )
 from mnist_10k_store import TEACHER_ROWS, fmt, read_samples, samples_file, student_fields
 
+from difflab.eval.image_stats import HAZE_FRAME, haze_share
+
 COV_FAMILY = ("cov_ddim", "cov_dpmpp")
 """Rows of the covariance-aware samplers (every variant is reported against the target)."""
 BASELINES = ("ddim", "heun", "dpmpp_2m", "addim")
@@ -266,16 +268,14 @@ def extra_rows(paths: list[str]) -> tuple[dict[str, dict], dict[str, dict], list
     return rows, machines, commands
 
 
-FRAME = 4
+FRAME = HAZE_FRAME
 """Width in pixels of the image border where MNIST digits almost never reach."""
 
 
 def frame_lit(images: np.ndarray) -> float:
-    """Share of the pixels in the outer `FRAME`-pixel border that are not black: a measure of
-    the grey background haze (real MNIST: about 0.015, from strokes that reach the border)."""
-    inner = np.zeros(images.shape[-2:], bool)
-    inner[FRAME:-FRAME, FRAME:-FRAME] = True
-    return float((images[..., ~inner] > 0).mean())
+    """Share of the pixels in the outer `FRAME`-pixel border that are not black: the grey
+    background haze (`difflab.eval.image_stats.haze_share`; real MNIST: about 0.015)."""
+    return haze_share(images, FRAME)
 
 
 def phase_report(args) -> None:

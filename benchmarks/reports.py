@@ -27,12 +27,15 @@ RENDERERS = {
     "distill/oracle_b256": "distill_reports",
     "distill/oracle_nt320": "distill_reports",
     "distill/oracle_w512": "distill_reports",
+    "distill/emd_oracle": "distill_reports",
+    "distill/emd_oracle_seed1": "distill_reports",
     "distill_mnist": "distill_reports",
     "mnist_10k": "mnist_10k_report",
     "mnist_fid": "mnist_fid",
     "mnist_model": "mnist_model",
     "eval_sanity": "eval_sanity",
     "train_throughput": "train_throughput",
+    "recipe/mnist_pilot": "recipe",
 }
 """Study folder (under `results/`) -> the module whose `report_text(folder)` renders it."""
 

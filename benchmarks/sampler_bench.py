@@ -6,10 +6,11 @@ and the measured cost of a JVP. Each script answers one question and stores its 
 study folder's `results.json` (`--out`, default `results/samplers`); `samplers_report.py`
 renders the report from that file alone.
 
-- `--denoiser oracle` (default): `GaussianMixtureOracle.image_like((1, 16, 16))` (8 components,
-  DCT power-law spectra). Metrics against the *exact* moments: Frechet distance
-  (`exact_frechet`), per radial DCT band variance ratio (sample / exact; the highest band is
-  reported), mode-weight total variation.
+- `--denoiser oracle` (default): `GaussianMixtureOracle.named(--oracle)`, by default
+  `image_like` ((1, 16, 16), 8 components, DCT power-law spectra). Metrics against the *exact*
+  distribution: Frechet distance to the exact moments (`exact_frechet`), per radial DCT band
+  variance ratio (sample / exact; the highest band is reported), mode-weight total variation,
+  the exact cross-entropy gap and a kernel MMD to an exact reference sample of `--num` examples.
 - `--denoiser checkpoint PATH`: a trained model; metrics: Frechet distances in the features of
   `--features` (fd-lenet and/or fid) against cached MNIST statistics.
 """
@@ -33,7 +34,7 @@ from difflab.diffusion.guidance import guided_denoiser
 from difflab.diffusion.oracle import GaussianMixtureOracle
 from difflab.diffusion.parameterization import Denoise, alpha_sigma
 from difflab.diffusion.schedules import CosineSchedule, Schedule
-from difflab.eval.oracle_metrics import oracle_report
+from difflab.eval.oracle_metrics import ExactReference, oracle_report
 from difflab.sampling import (
     DEFAULT_GRIDS,
     GridChoice,
@@ -127,22 +128,25 @@ class Setup:
 
 
 def oracle_setup(args) -> Setup:
-    oracle = GaussianMixtureOracle.image_like((1, 16, 16), seed=args.oracle_seed)
+    name = getattr(args, "oracle", "image_like")
+    oracle = GaussianMixtureOracle.named(name, seed=args.oracle_seed)
     den = MixtureDenoiser(oracle)
     deviation = check_mixture_denoiser(den)
     data, _ = oracle.sample(args.table_num, torch.Generator().manual_seed(args.seed + 7))
+    reference = ExactReference.of(oracle, n=args.num, seed=args.seed + 11)
     return Setup(
         kind="oracle",
         make_denoise=lambda labels: den,
         schedule=CosineSchedule(),
         shape=oracle.shape,
         num_classes=0,
-        evaluate=lambda x: oracle_report(x, oracle),
+        evaluate=lambda x: oracle_report(x, oracle, reference=reference),
         headline="frechet_exact",
         data=data,
         description=(
-            f"exact oracle GaussianMixtureOracle.image_like((1, 16, 16), seed={args.oracle_seed})"
-            f": {len(oracle.weights)} components, DCT power-law spectra; cosine schedule logsnr "
+            f"exact oracle GaussianMixtureOracle.named({name!r}, seed={args.oracle_seed}), shape "
+            f"{oracle.shape}: {len(oracle.weights)} components, DCT power-law spectra (`ORACLES` "
+            "in difflab/diffusion/oracle.py); cosine schedule logsnr "
             f"[-15, 15]; the matrix-product denoiser equals oracle.denoise to {deviation:.1e}"
         ),
         oracle=oracle,
@@ -279,7 +283,8 @@ def difflab_methods(setup: Setup, table_levels: int) -> list[Method]:
         Method("addim_measured", "difflab", "addim", {"x_var": x_var}),
         Method("cov_ddim", "difflab", "cov_ddim"),
         Method("cov_ddim_bands8", "difflab", "cov_ddim", {"pooling": "example", "num_bands": 8}),
-        Method("cov_ddim_profile", "difflab", "cov_ddim", {"pooling": "profile", "num_bands": 8}),
+        # the default before issue 16: one spectrum per level for the whole batch
+        Method("cov_ddim_batch", "difflab", "cov_ddim", {"pooling": "batch", "num_bands": None}),
         Method(
             "cov_ddim_det",
             "difflab",
@@ -484,7 +489,8 @@ def setup_arguments(description: str, out: str = "results/samplers") -> argparse
     p.add_argument("--denoiser", nargs="+", default=["oracle"], metavar="oracle|checkpoint PATH")
     p.add_argument("--num", type=int, default=4000, help="samples per (sampler, NFE)")
     p.add_argument("--seed", type=int, default=0, help="initial noise and sampler seeds")
-    p.add_argument("--oracle-seed", type=int, default=0)
+    p.add_argument("--oracle", default="image_like", help="GaussianMixtureOracle.named oracle")
+    p.add_argument("--oracle-seed", type=int, default=None, help="None: the named oracle's own")
     p.add_argument("--batch", type=int, default=4000, help="samples per sampler call")
     p.add_argument("--threads", type=int, default=1, help="torch threads (2 shared cores: 1)")
     p.add_argument("--table-levels", type=int, default=121, help="levels of the measured tables")

@@ -70,6 +70,13 @@ def test_student_defaults_and_explicit_settings(model):
     assert api.sampling_settings(model, None, None, None) == ("ddim", 32, "default")
     gen = api.sample(student, num=2, progress=False)
     assert (gen.sampler, gen.steps, gen.grid, gen.nfe) == ("ddpm", 2, "explicit", 2)
+    # the recorded levels are the ones sampled: the same as passing them explicitly, and not
+    # the default 2-step grid
+    levels = torch.tensor([-10.0, 0.0, float("inf")], dtype=torch.float64)
+    explicit = api.sample(model, num=2, sampler="ddpm", steps=2, grid=levels, progress=False)
+    torch.testing.assert_close(gen.samples, explicit.samples, rtol=0, atol=0)
+    default = api.sample(model, num=2, sampler="ddpm", steps=2, progress=False)
+    assert (gen.samples - default.samples).abs().max() > 1e-2
 
 
 def test_sample_rejects_what_would_be_ignored(model):

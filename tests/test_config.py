@@ -68,7 +68,10 @@ def test_every_weighting_is_selectable_round_trips_trains_and_loads(weighting, t
     # 4. a YAML file that names the weighting and nothing else of the diffusion section
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(f"diffusion:\n  weighting: {weighting}\n")
-    assert load_config(recipe, [f"diffusion.weighting_kwargs.{k}={v}" for k, v in kwargs.items()])
+    from_file = load_config(
+        recipe, [f"diffusion.weighting_kwargs.{k}={v}" for k, v in kwargs.items()]
+    )
+    assert from_file == api  # everything else at the built-in defaults
     # round trips: YAML text, JSON, dict
     for cfg in (api, yaml_cfg):
         dumped = tmp_path / "dumped.yaml"
@@ -84,7 +87,10 @@ def test_every_weighting_is_selectable_round_trips_trains_and_loads(weighting, t
     assert ckpt.step == 2 and ckpt.config == cfg
     net = build_net_from_config(ckpt.config)
     net.load_state_dict(ckpt.tensors("model"))
-    ckpt.config.diffusion.build_weighting()  # builds: no stray keyword arguments
+    # the loaded weighting builds (no stray keyword arguments) and is the configured one
+    level, neg_dl = torch.linspace(-10, 10, 7, dtype=torch.float64), torch.full((7,), 3.0)
+    loaded = ckpt.config.diffusion.build_weighting()(level, neg_dl)
+    torch.testing.assert_close(loaded, make_weighting(weighting, **kwargs)(level, neg_dl))
     # and resuming reads it back (a longer run from the checkpoint)
     longer = load_config(TINY, [*FAST, f"train.out_dir={out}", "diffusion.weighting_kwargs={}",
                                 *over, "train.steps=3"])  # fmt: skip

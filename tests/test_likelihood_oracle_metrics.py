@@ -7,8 +7,11 @@ import torch
 from difflab.diffusion.oracle import GaussianMixtureOracle
 from difflab.eval.likelihood import discretized_log_likelihood, elbo
 from difflab.eval.oracle_metrics import (
+    ExactReference,
     band_variance_ratios,
+    cross_entropy_gap,
     exact_frechet,
+    mmd,
     mode_weight_tv,
     oracle_report,
 )
@@ -94,3 +97,51 @@ def test_oracle_metrics_on_exact_and_corrupted_samples():
     assert abs(mode_weight_tv(only0, oracle) - (1 - float(oracle.weights[0]))) < 1e-9
     with pytest.raises(ValueError, match="samples must have shape"):
         exact_frechet(x[:, :, :4], oracle)
+
+
+def _separated_oracle():
+    """Three far-apart components (mean distance >> component spread): `log p(x) = log w_k +
+    log N_k(x)` on component k's samples to round-off, so wrong weights have a closed form."""
+    return GaussianMixtureOracle.image_like(
+        (1, 4, 4), num_components=3, mean_scale=3.0, variance_scale=0.01, seed=0
+    )
+
+
+def _sample_with_weights(oracle, weights, n, gen):
+    k = torch.multinomial(weights, n, replacement=True, generator=gen)
+    noise = torch.randn(n, *oracle.shape, generator=gen, dtype=torch.float64)
+    c = oracle.to_basis(oracle.means)[k] + oracle.variances[k].sqrt() * noise
+    return oracle.from_basis(c)
+
+
+def test_cross_entropy_gap_is_zero_on_exact_samples_and_closed_form_on_wrong_weights():
+    oracle = _separated_oracle()
+    ref = ExactReference.of(oracle, n=500, seed=1, n_log_prob=40_000)
+    gen = torch.Generator().manual_seed(2)
+    gap, se = cross_entropy_gap(oracle.sample(20_000, gen)[0], oracle, ref)
+    assert abs(gap) < 4 * se and se < 0.1
+    # all the mass moved to the broadest component: E_q log p - E_p log p =
+    # sum_k (w'_k - w_k)(log w_k - H_k), H_k = 1/2 sum_i log(2 pi e lam_ki)
+    entropy = 0.5 * torch.log(2 * math.pi * math.e * oracle.variances.flatten(1)).sum(1)
+    wrong = torch.zeros(3, dtype=torch.float64)
+    wrong[int(entropy.argmax())] = 1.0
+    want = float(((wrong - oracle.weights) * (torch.log(oracle.weights) - entropy)).sum())
+    assert abs(want) > 1.0  # the entropies differ by nats: wrong weights are visible
+    gap, se = cross_entropy_gap(_sample_with_weights(oracle, wrong, 20_000, gen), oracle, ref)
+    assert gap == pytest.approx(want, abs=4 * se)
+    assert gap < -1.0  # the broad component has the lowest density: negative gap
+
+
+def test_mmd_is_at_its_floor_for_exact_samples_and_above_it_for_a_shift():
+    oracle = GaussianMixtureOracle.image_like((1, 4, 4), num_components=3, seed=1)
+    ref = ExactReference.of(oracle, n=1000, seed=1)
+    gen = torch.Generator().manual_seed(4)
+    floors = [mmd(oracle.sample(1000, gen)[0], oracle, ref) for _ in range(4)]
+    spread = max(abs(f) for f in floors)
+    assert spread < 2e-3  # unbiased: exact samples scatter around 0
+    x, _ = oracle.sample(1000, gen)
+    shifted = x + 0.5 * float(oracle.covariance.diagonal().sqrt().mean())
+    assert mmd(shifted, oracle, ref) > 8 * spread
+    report = oracle_report(x, oracle, reference=ref)
+    assert {"cross_entropy_gap", "cross_entropy_gap_se", "mmd"} <= set(report)
+    assert abs(report["mmd"]) < 2 * spread + 1e-4

@@ -359,9 +359,9 @@ def test_cov_ddim_options_change_the_result_as_predicted(gauss, mixture):
     det = {"variant": "deterministic", "final": "deterministic"}
     torch.testing.assert_close(run(seed=1, **det), run(seed=2, **det), rtol=0, atol=1e-12)
     assert (run(seed=1) - run(seed=2)).abs().max() > 1e-2  # stochastic: fresh noise
-    ref = run(**det)
-    for options in ({"pooling": "example"}, {"probe": "gaussian"}):
-        torch.testing.assert_close(run(**det, **options), ref, rtol=1e-9, atol=1e-9)
+    ref = run(**det, num_bands=None)  # per coefficient (the default has 8 bands since issue 16)
+    for options in ({"pooling": "example"}, {"pooling": "batch"}, {"probe": "gaussian"}):
+        torch.testing.assert_close(run(**det, num_bands=None, **options), ref, rtol=1e-9, atol=1e-9)
     # (bands also set the deterministic rescaling's bands: compare them on stochastic steps)
     ref = run()
     torch.testing.assert_close(run(pooling="profile", num_bands=4), ref, rtol=1e-9, atol=1e-9)
@@ -409,7 +409,8 @@ def test_per_element_grids_match_per_example_runs(mixture):
     z = _noise(3, mixture.shape, 9)
     cols = [uniform_t_grid(CosineSchedule(-12 + k, 12 - k), 5) for k in range(3)]
     grid = torch.stack(cols, 1)
-    for fn in (sample_heun, sample_dpmpp_2m, sample_dpmpp_3m, sample_unipc, sample_addim):
+    for fn in (sample_ddim, sample_euler, sample_heun, sample_dpmpp_2m, sample_dpmpp_3m,
+               sample_unipc, sample_addim):  # fmt: skip
         together = fn(mixture.denoise, z, grid)
         alone = torch.cat([fn(mixture.denoise, z[k : k + 1], cols[k]) for k in range(3)])
         torch.testing.assert_close(together, alone, rtol=1e-9, atol=1e-9)
@@ -446,6 +447,15 @@ def test_default_grid_for_every_sampler():
     for name in SAMPLERS:
         grid = default_grid(name, SCHED, 8)
         assert grid.shape == (9,) and math.isinf(grid[-1]) and (grid[1:] > grid[:-1]).all()
+    # the three measured families (results/samplers/README.md), written out
+    torch.testing.assert_close(default_grid("ddim", SCHED, 8), uniform_t_grid(SCHED, 8))
+    lo, hi = -2 * math.log(80.0), -2 * math.log(0.002)
+    edm_range = torch.tensor([lo + k * (hi - lo) / 7 for k in range(8)] + [math.inf], dtype=F64)
+    torch.testing.assert_close(default_grid("dpmpp_2m", SCHED, 8), edm_range)
+    shifted = shift_interior(uniform_t_grid(SCHED, 8), -2.0)
+    torch.testing.assert_close(default_grid("addim", SCHED, 8), shifted)
+    # cov_ddim: unshifted since issue 16 (mode weights; tests/test_cov_ddim_modes.py)
+    torch.testing.assert_close(default_grid("cov_ddim", SCHED, 8), uniform_t_grid(SCHED, 8))
     with pytest.raises(ValueError, match="unknown sampler"):
         default_grid("nope", SCHED, 8)
 

@@ -134,3 +134,37 @@ def test_bad_schedule_arguments():
         make_schedule("cosin")
     with pytest.raises(ValueError, match="resolution"):
         ShiftedCosineSchedule(resolution=0)
+
+
+def _clipped_cosine(t: float, lo: float, hi: float) -> float:
+    """`-2 log tan(u)` with the angle `u` linear in t from `atan(e^{-hi/2})` (t = 0, logsnr = hi)
+    to `atan(e^{-lo/2})` (t = 1, logsnr = lo): the cosine schedule clipped to [lo, hi]."""
+    a, b = math.atan(math.exp(-hi / 2)), math.atan(math.exp(-lo / 2))
+    return -2 * math.log(math.tan(a + t * (b - a)))
+
+
+def test_schedules_follow_their_closed_forms():
+    """Each schedule against its formula written out with `math` (simple diffusion eq. 4 for
+    the shift, sec. 3.1 for the interpolation), at interior and end points."""
+    ts = [0.0, 0.1, 0.37, 0.5, 0.81, 1.0]
+    t = torch.tensor(ts, dtype=torch.float64)
+
+    def check(schedule, formula):
+        want = torch.tensor([formula(v) for v in ts], dtype=torch.float64)
+        torch.testing.assert_close(schedule.logsnr(t), want, rtol=1e-12, atol=1e-12)
+
+    check(CosineSchedule(-10.0, 8.0), lambda v: _clipped_cosine(v, -10.0, 8.0))
+    shift = 2 * math.log(64 / 256)  # -2.77: a 256 image seen as its 64x64 average
+    check(
+        ShiftedCosineSchedule(resolution=256, base=64),
+        lambda v: _clipped_cosine(v, -15.0 - shift, 15.0 - shift) + shift,
+    )
+    low, high = 2 * math.log(32 / 512), 2 * math.log(256 / 512)
+    check(
+        InterpolatedShiftedSchedule(resolution=512),
+        lambda v: (
+            v * (_clipped_cosine(v, -15 - low, 15 - low) + low)
+            + (1 - v) * (_clipped_cosine(v, -15 - high, 15 - high) + high)
+        ),
+    )
+    check(LinearLogSNRSchedule(-12.0, 9.0), lambda v: 9.0 - 21.0 * v)

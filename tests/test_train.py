@@ -18,6 +18,7 @@ import torch
 
 from difflab.config import OptimConfig, load_config
 from difflab.data import make_dataset
+from difflab.diffusion.parameterization import as_denoiser
 from difflab.nets import build_net
 from difflab.sampling import sample_ddim, uniform_t_grid
 from difflab.train import (
@@ -138,10 +139,26 @@ def test_config_file_with_unknown_key_is_rejected(tmp_path):
         load_config(bad)
 
 
-def test_shipped_configs_load():
+def test_shipped_configs_load_and_build_their_nets():
+    """Every recipe loads and builds its net; `mnist_uvit.yaml` is the shipped model's recipe
+    (model, data and diffusion sections equal to the config stored in the model file)."""
+    from difflab import api
+    from difflab.train.checkpoint import build_net_from_config
+
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         cfg = load_config(path)
-        assert cfg.train.steps > 0, path
+        net = build_net_from_config(cfg)
+        sizes = {"digits": 8, "mnist": 28, "fashion_mnist": 28}
+        sizes["folder"] = cfg.data.kwargs.get("resolution")
+        resolution = cfg.data.kwargs.get("pad_to", sizes[cfg.data.name])
+        assert net.config.resolution == resolution, path
+    shipped = api.load(api.shipped_model_path()).config
+    recipe = load_config(ROOT / "configs" / "mnist_uvit.yaml")
+    assert (shipped.model, shipped.data, shipped.diffusion) == (
+        recipe.model,
+        recipe.data,
+        recipe.diffusion,
+    )
 
 
 # --------------------------------------------------------------------------- pieces
@@ -221,8 +238,15 @@ def test_nonfinite_loss_skips_the_update():
     def fine_loss(models, batch, generator):
         return models["net"](batch[0]).squeeze(1) ** 2
 
+    # the reported gradient norm is that of the mean loss, computed here on a copy of the net
+    copy = torch.nn.Linear(4, 1)
+    copy.load_state_dict(net.state_dict())
+    fine_loss({"net": copy}, batch, None).mean().backward()
+    grad_norm = math.sqrt(sum(float(p.grad.square().sum()) for p in copy.parameters()))
     result = train_step(fine_loss, {"net": net}, batch, opt, generator=torch.Generator(), ema=ema)
-    assert not result.skipped and math.isfinite(result.grad_norm)
+    assert not result.skipped and result.grad_norm == pytest.approx(grad_norm, rel=1e-5)
+    with torch.no_grad():
+        assert result.loss == pytest.approx(float(fine_loss({"net": copy}, batch, None).mean()))
     assert not torch.equal(before["weight"], net.weight)
 
 
@@ -265,11 +289,15 @@ def test_train_checkpoint_resume_sample(tmp_path):
     raw, _ = load_model(out, ema=False)
     assert any(not torch.equal(v, net.state_dict()[k]) for k, v in raw.state_dict().items())
 
-    make_denoise, cfg = load_denoiser(out)
+    # the loaded denoiser is the EMA net's `x_hat` in its parameterization, clipped to [-1, 1]
+    make_denoise, cfg = load_denoiser(out, ema=0.999)
     labels = torch.arange(10)
+    z, level = torch.randn(10, 1, 8, 8), torch.linspace(-10.0, 10.0, 10)
+    raw_x = as_denoiser(net, cfg.diffusion.prediction, labels=labels)(z, level)
+    assert raw_x.abs().max() > 1.0  # (so the clipping is exercised)
+    torch.testing.assert_close(make_denoise(labels=labels)(z, level), raw_x.clamp(-1, 1))
     grid = uniform_t_grid(cfg.diffusion.build_schedule(), 4)
-    x = sample_ddim(make_denoise(labels=labels), torch.randn(10, 1, 8, 8), grid)
-    assert x.shape == (10, 1, 8, 8) and bool(torch.isfinite(x).all())
+    x = sample_ddim(make_denoise(labels=labels), z, grid)
     assert float(x.abs().max()) <= 1.0  # the last DDIM step returns the clipped x_hat
 
     exported = export_model(out, tmp_path / "tiny.safetensors", ema=0.999)
@@ -348,7 +376,9 @@ sys.exit(main(sys.argv[1:]))
 
 def test_resume_after_sigkill_repeats_the_uninterrupted_run_exactly(tmp_path, digits_npz):
     # a cosine decay as well: the learning rate is a function of the step, so a resume repeats it
-    common = ["train.steps=24", "train.ckpt_every=4", "train.keep_last=2", "optim.decay=cosine"]
+    # and the EMA warm-up: its counter is the step, so the resumed average is the same too
+    common = ["train.steps=24", "train.ckpt_every=4", "train.keep_last=2", "optim.decay=cosine",
+              "optim.ema_warmup=true"]  # fmt: skip
     full, killed = tmp_path / "full", tmp_path / "killed"
     reference = subprocess.Popen(
         _cli(full, digits_npz, *common),
@@ -378,6 +408,11 @@ def test_resume_after_sigkill_repeats_the_uninterrupted_run_exactly(tmp_path, di
     assert len(losses(full)) == 24
     assert losses(killed) == losses(full)  # bitwise: JSON floats round-trip exactly
     assert events(killed, "end")[0]["replica_hashes"] == events(full, "end")[0]["replica_hashes"]
+    ends = [newest_valid_checkpoint(run) for run in (killed, full)]
+    names = [n.removesuffix(".safetensors") for n in ends[1].state["manifest"]]
+    emas = [{n: c.tensors(n) for n in names if n.startswith("ema_")} for c in ends]
+    assert emas[0].keys() == emas[1].keys() and emas[0]
+    assert all(torch.equal(emas[0][k][n], v) for k in emas[1] for n, v in emas[1][k].items())
 
 
 def _optim(**kw) -> OptimConfig:

@@ -75,7 +75,8 @@ class OptimConfig:
     """AdamW with linear warmup to `lr`, then `decay` (`constant`, or `cosine` / `linear` down to
     `min_lr` at step `decay_steps`, default `train.steps`; a pure function of the step, so a
     resume continues it exactly), global-norm clipping and EMA copies (`ema_warmup`: decay
-    `min(d, (1 + n) / (10 + n))` at step `n`, see `train.ema.EMA`)."""
+    `min(d, (1 + n) / (10 + n))` at step `n`, see `train.ema.EMA`; on by default since issue 15,
+    while a stored config written before has it off, `config_from_stored`)."""
 
     lr: float = 2e-4
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
@@ -87,7 +88,7 @@ class OptimConfig:
     min_lr: float = 0.0
     grad_clip: float | None = 1.0
     ema_decays: list[float] = field(default_factory=lambda: [0.999])
-    ema_warmup: bool = False
+    ema_warmup: bool = True
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,11 @@ def config_from_dict(data: Mapping[str, Any] | None, overrides: Sequence[str] = 
     return cfg
 
 
-def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Load a YAML recipe with `key=value` overrides (OmegaConf dotlist syntax)."""
+def load_config(
+    path: str | Path, overrides: Sequence[str] = (), *, stored: bool = False
+) -> TrainConfig:
+    """Load a YAML recipe with `key=value` overrides (OmegaConf dotlist syntax); `stored`: the
+    file is a run's own record of its config (`config_from_stored`), not a recipe."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} does not exist")
@@ -185,7 +189,7 @@ def load_config(path: str | Path, overrides: Sequence[str] = ()) -> TrainConfig:
         raise ValueError(f"config file {str(path)!r} is not valid YAML: {err}") from None
     if data is not None and not isinstance(data, dict):
         raise ValueError(f"config file {str(path)!r} must hold a mapping at the top level")
-    return config_from_dict(data, overrides)
+    return (config_from_stored if stored else config_from_dict)(data or {}, overrides)
 
 
 def config_to_dict(cfg: TrainConfig) -> dict[str, Any]:
@@ -197,7 +201,22 @@ def config_to_json(cfg: TrainConfig) -> str:
 
 
 def config_from_json(text: str) -> TrainConfig:
-    return config_from_dict(json.loads(text))
+    return config_from_stored(json.loads(text))
+
+
+STORED_DEFAULTS = {("optim", "ema_warmup"): False}
+"""Keys a config stored by an older difflab may lack -> the value it was trained with (the
+EMA warm-up became the default in issue 15; runs stored before it averaged without)."""
+
+
+def config_from_stored(data: Mapping[str, Any], overrides: Sequence[str] = ()) -> TrainConfig:
+    """`config_from_dict` for a config read back from a run, checkpoint or model file: a key it
+    lacks (`STORED_DEFAULTS`) keeps the behaviour of the run that wrote it, not today's default,
+    so an old run resumes and averages exactly as it began."""
+    data = {k: dict(v) if isinstance(v, Mapping) else v for k, v in data.items()}
+    for (section, key), value in STORED_DEFAULTS.items():
+        data.setdefault(section, {}).setdefault(key, value)
+    return config_from_dict(data, overrides)
 
 
 def config_to_yaml(cfg: TrainConfig) -> str:

@@ -1,10 +1,11 @@
-"""`difflab distill {mcm,mmd} --teacher CKPT --student-steps K [options] [key=value ...]`.
+"""`difflab distill {mcm,mmd} --teacher CKPT --student-steps K [options] [key=value ...]`, or
+`difflab distill emd --teacher CKPT --mcmc-steps K ...` (a one-step student).
 
 The trailing `key=value` overrides are `TrainConfig` keys of the student run (e.g.
 `train.steps=5000 optim.lr=5e-5`; give them after the options or right after the method);
-`--opt key=value` sets fields of `MCMConfig` / `MMDConfig` (e.g. `--opt anneal_steps=20000
---opt huber_c=null`). The exported student samples with its own sampler and levels
-(`difflab sample STUDENT`).
+`--opt key=value` sets fields of `MCMConfig` / `MMDConfig` / `EMDConfig` (e.g.
+`--opt anneal_steps=20000 --opt huber_c=null`). The exported student samples with its own
+sampler and levels (`difflab sample STUDENT`).
 """
 
 from __future__ import annotations
@@ -15,12 +16,19 @@ from pathlib import Path
 from ..methods.distill import METHODS, VARIANTS
 from .args import parse_options
 
-HELPS = {"mcm": "Multistep Consistency Models", "mmd": "Moment Matching distillation"}
+HELPS = {
+    "mcm": "Multistep Consistency Models",
+    "mmd": "Moment Matching distillation",
+    "emd": "EM Distillation (one-step generator)",
+}
 
 
 def cmd_distill(args: argparse.Namespace) -> int:
     from ..methods.distill import export_student, run_distillation
 
+    options = parse_options(args.opt)
+    if args.method == "emd":
+        options["mcmc_steps"] = args.mcmc_steps
     run = run_distillation(
         args.method,
         args.teacher,
@@ -29,7 +37,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
         guidance=args.guidance,
         out_dir=args.out,
         overrides=args.overrides,
-        options=parse_options(args.opt),
+        options=options,
         resume=args.resume,
     )
     print(f"run directory: {run}")
@@ -39,12 +47,9 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
 
 def add_parsers(sub) -> None:
-    """Register `distill {mcm,mmd}` on the `difflab` sub-command parser."""
+    """Register `distill {mcm,mmd,emd}` on the `difflab` sub-command parser."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--teacher", required=True, help="teacher checkpoint, run dir or model")
-    common.add_argument(
-        "--student-steps", type=int, required=True, help="the student's steps (>= 1)"
-    )
     common.add_argument("--guidance", type=float, default=0.0, help="distil CFG with weight w")
     common.add_argument("--out", default=None, help="run directory (default runs/distill_...)")
     common.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")
@@ -53,12 +58,19 @@ def add_parsers(sub) -> None:
     common.add_argument("overrides", nargs="*", help="student TrainConfig overrides key=value")
     p = sub.add_parser(
         "distill",
-        help="distil a trained model into a few-step student (MCM or moment matching)",
+        help="distil a trained model into a few-step student (MCM, moment matching or EMD)",
         description=__doc__.splitlines()[0],
     )
     methods = p.add_subparsers(dest="method", required=True)
     for method in METHODS:
         m = methods.add_parser(method, parents=[common], help=HELPS[method])
+        if method == "emd":  # a one-step generator; K Langevin steps in its E-step
+            m.set_defaults(student_steps=1)
+            m.add_argument("--mcmc-steps", type=int, default=4, help="K, Langevin steps (>= 0)")
+        else:
+            m.add_argument(
+                "--student-steps", type=int, required=True, help="the student's steps (>= 1)"
+            )
         m.add_argument(
             "--variant",
             default=VARIANTS[method][0],

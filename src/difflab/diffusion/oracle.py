@@ -93,6 +93,17 @@ class GaussianMixtureOracle:
         weights = torch.rand(num_components, generator=gen, dtype=torch.float64) + 0.5
         return cls(means, variances, weights, "dct")
 
+    @classmethod
+    def named(cls, name: str, seed: int | None = None) -> GaussianMixtureOracle:
+        """One of the `ORACLES` image-like mixtures (`seed` None: its own seed), so that a
+        sampler default can be checked on oracles with other spectra, shapes and component
+        counts than the one it was tuned on."""
+        if name not in ORACLES:
+            raise ValueError(f"unknown oracle {name!r}; known: {sorted(ORACLES)}")
+        shape, options = ORACLES[name]
+        options = options if seed is None else {**options, "seed": seed}
+        return cls.image_like(shape, **options)
+
     # ----------------------------------------------------------------- basis
     @property
     def shape(self) -> tuple[int, ...]:
@@ -183,3 +194,26 @@ class GaussianMixtureOracle:
         m, lam = self._m[None], self._lam[None]
         log_lik = -0.5 * ((c - m) ** 2 / lam + torch.log(2 * math.pi * lam)).sum(-1)
         return torch.logsumexp(log_lik + self._log_w, dim=-1)
+
+
+ORACLES: dict[str, tuple[tuple[int, ...], dict]] = {
+    # the project's oracle (every sampler default was first tuned on it): far-apart modes
+    "image_like": ((1, 16, 16), {}),
+    # another spectrum and component count: 5 close modes (mean scale 0.1 against a
+    # within-component standard deviation of 0.1), so the modes are resolved late (high logsnr)
+    "unseen": (
+        (1, 8, 8),
+        dict(num_components=5, spectrum_power=1.5, mean_scale=0.1, variance_scale=0.01, seed=1),
+    ),
+    # colour, a steep spectrum and 12 components
+    "colour12": (
+        (3, 8, 8),
+        dict(num_components=12, spectrum_power=3.0, mean_scale=0.2, variance_scale=0.05, seed=4),
+    ),
+    # held out: looked at once, after the defaults were chosen on the three above
+    "held_out": (
+        (1, 12, 12),
+        dict(num_components=6, spectrum_power=2.5, mean_scale=0.15, variance_scale=0.03, seed=7),
+    ),
+}
+"""Named image-like oracles: `name -> (shape, GaussianMixtureOracle.image_like options)`."""

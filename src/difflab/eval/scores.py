@@ -2,8 +2,10 @@
 
 Metrics: `fid`, `kid`, `pr` use the Inception network (`difflab[fid]`); `fd-lenet`,
 `kid-lenet`, `pr-lenet` use difflab's own MNIST LeNet (a Frechet distance in *its* features,
-not FID); `elbo` (the model's ELBO in bits/dim, `likelihood.elbo`) is listed here so one
-`--metric` list names them all, but is computed from a model (`difflab.api.evaluate`).
+not FID); `haze` is a pixel statistic of the samples alone (`image_stats.haze_share`, the share
+of the image border that is not black); `elbo` (the model's ELBO in bits/dim,
+`likelihood.elbo`) is listed here so one `--metric` list names them all, but is computed from
+a model (`difflab.api.evaluate`).
 
 `FeatureScorer(...)` loads every feature network, the cached reference statistics (computed on
 first use) and, for KID and precision/recall, the features of the first `ref_num` reference
@@ -19,6 +21,7 @@ import torch
 from numpy.typing import NDArray
 
 from .features import FeatureExtractor, get_feature_extractor
+from .image_stats import haze_share
 from .metrics import frechet_distance, kernel_inception_distance, precision_recall
 from .reference import DATASET_SHAPES, cached_reference_stats, check_dataset, reference_images
 
@@ -31,7 +34,9 @@ FEATURE_OF = {
     "pr-lenet": "fd-lenet",
 }
 """feature metric -> the feature network it is computed in."""
-METRICS = (*FEATURE_OF, "elbo")
+PIXEL_METRICS = {"haze": haze_share}
+"""metric -> function of the samples alone (no feature network, no reference)."""
+METRICS = (*FEATURE_OF, *PIXEL_METRICS, "elbo")
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -60,13 +65,13 @@ class FeatureScorer:
     ) -> None:
         check_dataset(dataset)
         self.metrics = [m for m in metrics if m != "elbo"]
-        unknown = [m for m in self.metrics if m not in FEATURE_OF]
+        unknown = [m for m in self.metrics if m not in FEATURE_OF and m not in PIXEL_METRICS]
         if unknown:
             raise ValueError(f"--metric: unknown {unknown}; known metrics: {list(METRICS)}")
         self.dataset, self.split = dataset, split
         self.extractors: dict[str, FeatureExtractor] = {}
         self.stats, self.real = {}, {}
-        for metric in self.metrics:
+        for metric in (m for m in self.metrics if m in FEATURE_OF):
             feature = FEATURE_OF[metric]
             if feature not in self.extractors:
                 self.extractors[feature] = extractor = get_feature_extractor(feature, device)
@@ -91,6 +96,9 @@ class FeatureScorer:
         fake: dict[str, NDArray] = {}
         out: dict[str, float] = {}
         for metric in self.metrics:
+            if metric in PIXEL_METRICS:
+                out[metric] = PIXEL_METRICS[metric](samples)
+                continue
             feature = FEATURE_OF[metric]
             if feature not in fake:
                 images = samples.clamp(-1, 1) if samples.is_floating_point() else samples

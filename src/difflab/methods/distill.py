@@ -2,7 +2,8 @@
 (EMA, safetensors checkpoints, exact resume, DDP), for both methods:
 
 - `mcm`: Multistep Consistency Models (`consistency.py`), variants `cd` and `ct`;
-- `mmd`: Moment Matching distillation (`moment_matching.py`), variants `alternating` and `param`.
+- `mmd`: Moment Matching distillation (`moment_matching.py`), variants `alternating` and `param`;
+- `emd`: EM Distillation of a one-step generator (`em_distill.py`), variants `eps_z`, `x_z`, `eps`.
 
 The student starts as a copy of `init_net` (the teacher network itself when distilling a
 checkpoint). A run directory holds the Trainer's checkpoints plus `student.json`: the method, its
@@ -36,6 +37,7 @@ from ..diffusion.parameterization import Denoise, as_denoiser, check_prediction
 from ..diffusion.schedules import Schedule
 from ..fileio import read_json, write_atomic, write_json_atomic
 from .consistency import MCMConfig, mcm_grid, mcm_loss_fn, sample_mcm
+from .em_distill import EMDConfig, emd_grid, emd_loss_fn, sample_emd
 from .moment_matching import (
     MMDConfig,
     adam_preconditioner,
@@ -45,12 +47,14 @@ from .moment_matching import (
     teacher_gradient_second_moment,
 )
 
-METHODS = ("mcm", "mmd")
-VARIANTS = {"mcm": ("cd", "ct"), "mmd": ("alternating", "param")}
+METHODS = ("mcm", "mmd", "emd")
+VARIANTS = {"mcm": ("cd", "ct"), "mmd": ("alternating", "param"), "emd": ("eps_z", "x_z", "eps")}
+CONFIGS = {"mcm": MCMConfig, "mmd": MMDConfig, "emd": EMDConfig}
+MethodConfig = MCMConfig | MMDConfig | EMDConfig
 STUDENT_FILE = "student.json"
 STUDENT_METADATA_KEY = "difflab_student"
 PRECONDITIONER_FILE = "preconditioner.safetensors"
-STUDENT_SAMPLERS = {"mcm": "ddim", "mmd": "ddpm"}
+STUDENT_SAMPLERS = {"mcm": "ddim", "mmd": "ddpm", "emd": "ddim"}
 
 # Adam as in the moment matching paper (beta1 = 0, beta2 = 0.99); a short warmup.
 DISTILL_OPTIM = {
@@ -156,11 +160,12 @@ class OracleTeacher(nn.Module):
 # --------------------------------------------------------------------------- the student's sampler
 
 
-def method_config(method: str, student_steps: int, **options) -> MCMConfig | MMDConfig:
-    """`MCMConfig` / `MMDConfig` from keyword options; unknown keys are a `ValueError`."""
+def method_config(method: str, student_steps: int, **options) -> MethodConfig:
+    """`MCMConfig` / `MMDConfig` / `EMDConfig` from keyword options; unknown keys are a
+    `ValueError`."""
     if method not in METHODS:
         raise ValueError(f"unknown distillation method {method!r}; known: {list(METHODS)}")
-    cls = MCMConfig if method == "mcm" else MMDConfig
+    cls = CONFIGS[method]
     fields = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(options) - fields)
     if unknown:
@@ -170,20 +175,22 @@ def method_config(method: str, student_steps: int, **options) -> MCMConfig | MMD
     return cls(student_steps=student_steps, **options)
 
 
-def method_name(cfg: MCMConfig | MMDConfig) -> str:
-    if isinstance(cfg, MCMConfig):
-        return "mcm"
-    if isinstance(cfg, MMDConfig):
-        return "mmd"
-    raise TypeError(f"expected an MCMConfig or MMDConfig, got {type(cfg).__name__}")
+def method_name(cfg: MethodConfig) -> str:
+    for name, cls in CONFIGS.items():
+        if isinstance(cfg, cls):
+            return name
+    raise TypeError(f"expected an MCMConfig, MMDConfig or EMDConfig, got {type(cfg).__name__}")
 
 
-def student_grid(cfg: MCMConfig | MMDConfig, schedule: Schedule) -> Tensor:
+def student_grid(cfg: MethodConfig, schedule: Schedule) -> Tensor:
+    if isinstance(cfg, EMDConfig):
+        return emd_grid(cfg.logsnr_star)
     return (mcm_grid if method_name(cfg) == "mcm" else mmd_grid)(schedule, cfg.student_steps)
 
 
-def student_spec(cfg: MCMConfig | MMDConfig, schedule: Schedule, **extra: Any) -> dict[str, Any]:
-    """The JSON record of a student: method, config and sampler (name, grid, steps, levels)."""
+def student_spec(cfg: MethodConfig, schedule: Schedule, **extra: Any) -> dict[str, Any]:
+    """The JSON record of a student: method, config and sampler (name, grid, steps, levels);
+    the grid is `uniform_t` on the schedule, or `explicit` (EMD's `[l*, +inf]`)."""
     method = method_name(cfg)
     levels = student_grid(cfg, schedule)
     return {
@@ -191,7 +198,7 @@ def student_spec(cfg: MCMConfig | MMDConfig, schedule: Schedule, **extra: Any) -
         "method": method,
         "config": dataclasses.asdict(cfg),
         "sampler": STUDENT_SAMPLERS[method],
-        "grid": "uniform_t",
+        "grid": "explicit" if method == "emd" else "uniform_t",
         "steps": cfg.student_steps,
         "logsnrs": [float(v) for v in levels[:-1]],
         "final_logsnr": "inf",
@@ -227,14 +234,15 @@ def read_student_spec(path: str | Path) -> dict[str, Any] | None:
 
 def student_sampling(path: str | Path) -> dict[str, Any] | None:
     """What `difflab sample` should use for a student: `{"sampler", "grid", "steps",
-    "logsnrs"}` (the registry sampler, the named grid and steps that rebuild the levels, and the
-    levels themselves), or `None` for an ordinary diffusion model."""
+    "logsnrs"}` (the registry sampler, the named grid and steps that rebuild the levels, or the
+    levels themselves for an `explicit` grid, and the levels), or `None` for an ordinary
+    diffusion model."""
     spec = read_student_spec(path)
     if spec is None:
         return None
     return {
         "sampler": spec["sampler"],
-        "grid": spec["grid"],
+        "grid": spec_logsnrs(spec) if spec["grid"] == "explicit" else spec["grid"],
         "steps": int(spec["steps"]),
         "logsnrs": spec_logsnrs(spec),
     }
@@ -257,14 +265,17 @@ def export_student(path: str | Path, out_file: str | Path, ema: float | bool = T
 
 
 def sample_student(
-    cfg: MCMConfig | MMDConfig,
+    cfg: MethodConfig,
     student: Denoise,
     z: Tensor,
     schedule: Schedule,
     *,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """Sample a student with its own sampler (MCM: DDIM; MMD: ancestral) and step count."""
+    """Sample a student with its own sampler (MCM: DDIM; MMD: ancestral; EMD: one DDIM step from
+    `l*`) and step count."""
+    if isinstance(cfg, EMDConfig):
+        return sample_emd(student, z, cfg.logsnr_star)
     if method_name(cfg) == "mcm":
         return sample_mcm(student, z, cfg.student_steps, schedule)
     return sample_mmd(student, z, cfg.student_steps, schedule, generator=generator)
@@ -316,7 +327,7 @@ def _preconditioner(
 
 
 def build_distillation(
-    method_cfg: MCMConfig | MMDConfig,
+    method_cfg: MethodConfig,
     teacher: Teacher,
     init_net: nn.Module,
     dataset,
@@ -348,8 +359,13 @@ def build_distillation(
         loss_fn = mcm_loss_fn(method_cfg, schedule, make_student, teacher_fn, step_fn)
     else:
         if teacher.weighting is None:
-            raise ValueError("moment matching needs the teacher's training weighting (weighting=)")
-        if method_cfg.variant == "alternating":
+            raise ValueError(f"{method} needs the teacher's training weighting (weighting=)")
+        if method == "emd":  # the student score network is the trainable extra, as MMD's aux
+            extras["aux"] = copy.deepcopy(init_net).requires_grad_(True).train()
+            loss_fn = emd_loss_fn(
+                method_cfg, schedule, teacher.weighting, make_student, teacher.denoiser, step_fn
+            )
+        elif method_cfg.variant == "alternating":
             extras["aux"] = copy.deepcopy(init_net).requires_grad_(True).train()
             loss_fn = mmd_loss_fn(
                 method_cfg,
@@ -420,7 +436,7 @@ def _write_student_record(run_dir: Path, spec: dict[str, Any]) -> None:
 
 
 def distill(
-    method_cfg: MCMConfig | MMDConfig,
+    method_cfg: MethodConfig,
     teacher: Teacher,
     init_net: nn.Module,
     dataset,
@@ -463,11 +479,13 @@ def run_distillation(
     options: Mapping[str, Any] | None = None,
     resume: bool = False,
 ) -> Path:
-    """`difflab distill {mcm,mmd} --teacher CKPT --student-steps K`: distil a trained model.
+    """`difflab distill {mcm,mmd} --teacher CKPT --student-steps K` (or `difflab distill emd
+    --teacher CKPT --mcmc-steps K`, a one-step student): distil a trained model.
 
-    `variant`: `cd`/`ct` (mcm) or `alternating`/`param` (mmd); `options`: further fields of
-    `MCMConfig`/`MMDConfig`; `overrides`: `key=value` on the student's `TrainConfig` (e.g.
-    `train.steps=2000 optim.lr=5e-5`). Works under `torchrun` like `difflab train`."""
+    `variant`: `cd`/`ct` (mcm), `alternating`/`param` (mmd) or `eps_z`/`x_z`/`eps` (emd);
+    `options`: further fields of `MCMConfig`/`MMDConfig`/`EMDConfig`; `overrides`: `key=value`
+    on the student's `TrainConfig` (e.g. `train.steps=2000 optim.lr=5e-5`). Works under
+    `torchrun` like `difflab train`."""
     from ..allocator import apply_malloc_fix
     from ..data import make_dataset
     from ..nets import build_net

@@ -14,8 +14,8 @@ taken diagonal in the orthonormal 2-D DCT basis `F` (images are close to station
 Rademacher probe `u` in DCT coordinates, `v = F^T u`, the products `u_k (F Cov v)_k` are
 Hutchinson estimates of the diagonal (exact when `Cov` is diagonal in `F`); their noise is
 averaged away over radial frequency bands and channels (`pooling="example"`), over the batch
-(`"batch"`, the default: one spectrum per level, the best measured) or both (`"profile"`), and
-the result is clipped to `[0, prior_var]`.
+(`"batch"`: one spectrum per level) or both (`"profile"`, the default: per-example band levels
+times the batch's within-band shape), and the result is clipped to `[0, prior_var]`.
 
 - `variant="stochastic"`: `delta = F^T (sqrt(c) * xi)`, fresh structured noise.
 - `variant="deterministic"`: no fresh noise; per band, `eps_hat` is rescaled so its energy grows
@@ -27,7 +27,9 @@ the result is clipped to `[0, prior_var]`.
 `cov_ddim_table` replaces the JVP by a table of the batch-average it estimates:
 `E_z Cov[x | z_t] = E (x - x_hat)(x - x_hat)^T` (law of total variance), measured once per model
 on data as the DCT spectrum of the denoiser's error (`measure_posterior_spectrum`): one forward
-per step, no JVP. `run_cov` is the step loop that `cov_dpmpp.py` reuses on 2M's mean path.
+per step, no JVP; without data, `calibrate_posterior_spectrum` builds the table from the model
+alone (the batch-pooled JVP spectra along the sampler's own trajectory, once per model). `run_cov`
+is the step loop that `cov_dpmpp.py` reuses on 2M's mean path.
 
 NFE (paper convention: a forward with its JVP is one evaluation) = steps; JVPs = steps
 (steps - 1 with `final="mean"`). The JVP runs with PyTorch's math attention kernel
@@ -330,8 +332,8 @@ def sample_cov_ddim(
     *,
     variant: str = "stochastic",
     final: str | None = None,
-    pooling: str = "batch",
-    num_bands: int | None = None,
+    pooling: str = "profile",
+    num_bands: int | None = 8,
     probe: str = "rademacher",
     prior_var: float | Tensor | None = None,
     generator: torch.Generator | None = None,
@@ -344,10 +346,12 @@ def sample_cov_ddim(
     estimated per coefficient and averaged per `pooling` ("batch" | "example" | "profile", see
     `pooled_covariance`) over `num_bands` radial bands (None: no band averaging) and over
     channels; `probe`: "rademacher" | "gaussian"; `prior_var`: upper clip (float or
-    broadcastable per-coefficient tensor; None: none). Defaults: the best measured on the
-    oracle (results/samplers/notes.md; every option is in that ablation); "batch" pooling
-    couples the examples of a batch (use "example" with `num_bands` of 8-16 for
-    batch-independent samples).
+    broadcastable per-coefficient tensor; None: none). Defaults: measured on the exact
+    oracles (results/samplers/notes.md): "profile" pooling with 8 bands (per-example band
+    levels, so examples of narrow and broad modes each get their own scale: docs/methods/
+    cov_ddim.md, "Mode weights"; it was "batch" per coefficient before issue 16). "batch" and
+    "profile" couple the examples of a batch through the pooled estimate (use "example" with
+    `num_bands` of 8-16 for batch-independent samples).
     """
     final = check_rules(variant, final)
     grid = prepare_grid(z, logsnrs)
@@ -388,6 +392,41 @@ def measure_posterior_spectrum(
             r = basis.to_freq(x - denoise(alpha * x + sigma * eps, lvl)).double()
             total = total + basis.pool(r * r).flatten(0, -4).sum(0)
         values.append(total / data[..., 0, 0, 0].numel())
+    return VarianceTable(logsnrs, torch.stack(values))
+
+
+def calibrate_posterior_spectrum(
+    denoise: Denoise,
+    shape: tuple[int, ...],
+    logsnrs: Tensor,
+    *,
+    num: int = 256,
+    generator: torch.Generator | None = None,
+    device=None,
+    dtype: torch.dtype = torch.float32,
+) -> VarianceTable:
+    """A posterior-spectrum table from the model alone (no data): `num` samples run through
+    `cov_ddim` on the increasing finite `logsnrs` (then +inf), and the batch-pooled Tweedie
+    spectrum it estimates at each level (one forward+JVP per level) is the table. On the true
+    marginal its expectation is `E_z Cov[x | z]`, what `measure_posterior_spectrum` measures on
+    data; here `z` comes from the sampler's own trajectory. Cost: `len(logsnrs)` JVPs on `num`
+    examples, once per model (cache the table: `VarianceTable(logsnrs, values)`)."""
+    logsnrs = torch.as_tensor(logsnrs, dtype=torch.float64)
+    if logsnrs.ndim != 1 or not torch.isfinite(logsnrs).all() or logsnrs.shape[0] < 2:
+        raise ValueError("logsnrs must be at least 2 finite increasing levels [n]")
+    if not isinstance(num, int) or num < 2:
+        raise ValueError(f"num must be an int >= 2, got {num!r}")
+    z = torch.randn((num, *shape), generator=generator, device=device, dtype=dtype)
+    grid = prepare_grid(z, torch.cat([logsnrs, torch.tensor([torch.inf], dtype=torch.float64)]))
+    basis, estimate = tweedie_estimator(
+        denoise, z, grid, pooling="batch", num_bands=None, generator=generator
+    )
+    values = []
+    for i in range(logsnrs.shape[0]):
+        x_hat, c = estimate(z, grid[i])
+        values.append(c[0, ..., :1, :, :].detach().double().cpu())  # channels are pooled
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        z = cov_ddim_step(z, x_hat, c, grid[i], grid[i + 1], basis, "stochastic", noise).detach()
     return VarianceTable(logsnrs, torch.stack(values))
 
 

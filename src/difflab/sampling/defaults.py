@@ -3,8 +3,11 @@
 
 The default is the grid that gave the sampler the lowest exact Frechet distance on the
 image-like oracle, geometric mean over NFE 4, 6, 8, 10, 16, 32 (`benchmarks/samplers_grids.py`;
-the table is in results/samplers/README.md). The families themselves are in
-`grids.py`; this table stays apart because it is a measurement, not a construction.
+the table is in results/samplers/README.md), except `cov_ddim` and `cov_ddim_table`, whose grid
+was chosen for the mode weights on oracles with other spectra and component counts
+(`benchmarks/samplers_oracles.py`; docs/methods/cov_ddim.md, "Mode weights"). The families
+themselves are in `grids.py`; this table stays apart because it is a measurement, not a
+construction.
 """
 
 from __future__ import annotations
@@ -27,8 +30,10 @@ DEFAULT_GRIDS: dict[str, GridChoice] = {
     "dpmpp_3m": GridChoice("uniform_t"),
     "unipc": GridChoice("uniform_logsnr", edm_range=True),
     "addim": GridChoice("uniform_t", shift=-2.0),
-    "cov_ddim": GridChoice("uniform_t", shift=-2.0),
-    "cov_ddim_table": GridChoice("uniform_t", shift=-2.0),
+    # unshifted: the shifted grid's last level (logsnr 1.2 at 8 steps) leaves the modes of a
+    # mixture with close components to one Gaussian draw (docs/methods/cov_ddim.md, "Mode weights")
+    "cov_ddim": GridChoice("uniform_t"),
+    "cov_ddim_table": GridChoice("uniform_t"),
     # 2M's grid: on the MNIST U-ViT 30.0 vs 56.8 on uniform-t (results/cov_ddim_mnist/README.md)
     "dpmpp_2m_sde": GridChoice("uniform_logsnr", edm_range=True),  # 2M's (not studied apart)
     "cov_dpmpp_2m": GridChoice("uniform_logsnr", edm_range=True),

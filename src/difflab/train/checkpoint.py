@@ -38,7 +38,7 @@ import safetensors.torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
-from ..config import TrainConfig, config_from_dict, config_to_dict
+from ..config import TrainConfig, config_from_stored, config_to_dict
 from ..fileio import fsync_dir, remove_stale_temp_files, write_atomic, write_synced
 
 CHECKPOINTS = "checkpoints"
@@ -308,7 +308,7 @@ class Checkpoint:
 
     @cached_property
     def config(self) -> TrainConfig:
-        return config_from_dict(json.loads(self._bytes(CONFIG_FILE)))
+        return config_from_stored(json.loads(self._bytes(CONFIG_FILE)))
 
     def verify(self) -> Checkpoint:
         """Check every file against the manifest; raises `CheckpointError` naming the file."""
@@ -382,7 +382,7 @@ def _read_exported(file: Path) -> tuple[dict[str, Tensor], TrainConfig, dict[str
     source = {"path": str(file), "sha256": hashlib.sha256(data).hexdigest()}
     if "step" in meta:
         source["step"] = int(meta["step"])
-    return tensors, config_from_dict(json.loads(meta[CONFIG_METADATA_KEY])), source
+    return tensors, config_from_stored(json.loads(meta[CONFIG_METADATA_KEY])), source
 
 
 def read_weights(

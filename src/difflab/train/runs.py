@@ -44,7 +44,7 @@ def run_config(run_dir: str | Path, overrides: Sequence[str] = ()) -> TrainConfi
             f"{run_dir} (to branch it, copy the folder and resume the copy)"
         )
     if (run_dir / RUN_CONFIG).is_file():
-        cfg = load_config(run_dir / RUN_CONFIG, overrides)
+        cfg = load_config(run_dir / RUN_CONFIG, overrides, stored=True)
     else:
         for path in reversed(list_checkpoints(run_dir)):
             try:
