@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import ROOT, TINY, fast_overrides
 
 from difflab.config import (
     DiffusionConfig,
@@ -23,17 +23,7 @@ from difflab.diffusion.losses import WEIGHTINGS, make_weighting
 from difflab.train import Trainer, newest_valid_checkpoint, run_training
 from difflab.train.checkpoint import build_net_from_config
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "digits_tiny.yaml"
-FAST = [
-    "data.batch_size=8",
-    "train.log_every=1",
-    "train.sample_every=0",
-    "train.tensorboard=false",
-    "train.progress=false",
-    "train.steps=2",
-    "train.ckpt_every=0",
-]
+FAST = [*fast_overrides(8), "train.steps=2", "train.ckpt_every=0"]
 WEIGHTING_KWARGS = {"sigmoid": {"bias": 1.5}, "edm": {"sigma_data": 0.3}}
 
 

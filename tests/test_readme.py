@@ -68,8 +68,14 @@ def test_every_file_a_command_names_exists(command):
 
 
 def test_the_python_example_runs():
+    """The example ends with samples `x` of the noise `z`'s shape: finite, and no longer noise
+    (the oracle's data have a variance well below the unit variance of `z`)."""
     for block in code_blocks("python"):
-        exec(compile(block, str(README), "exec"), {})
+        names: dict = {}
+        exec(compile(block, str(README), "exec"), names)
+        x, z = names["x"], names["z"]
+        assert x.shape == z.shape and bool(x.isfinite().all())
+        assert float(x.var()) < 0.9 * float(z.var())
 
 
 @pytest.fixture

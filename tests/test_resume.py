@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import TINY, fast_overrides
 
 from difflab.config import load_config
 from difflab.train import (
@@ -25,15 +26,7 @@ from difflab.train import (
 from difflab.train import checkpoint as checkpoint_module
 from difflab.train.__main__ import main as train_main
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "digits_tiny.yaml"
-FAST = [
-    "data.batch_size=8",
-    "train.log_every=1",
-    "train.sample_every=0",
-    "train.tensorboard=false",
-    "train.progress=false",
-]
+FAST = fast_overrides(8)
 
 
 @pytest.fixture(autouse=True)

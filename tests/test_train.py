@@ -16,6 +16,9 @@ import numpy as np
 import pytest
 import torch
 
+# a smaller batch and no sampling/plots unless a test asks: every test stays around a second
+from tiny_run import ROOT, TINY, fast_overrides
+
 from difflab.config import OptimConfig, load_config
 from difflab.data import make_dataset
 from difflab.diffusion.parameterization import as_denoiser
@@ -41,16 +44,7 @@ from difflab.train import (
 )
 from difflab.train.trainer import learning_rate, make_optimizer
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = ROOT / "configs" / "digits_tiny.yaml"
-# a smaller batch and no sampling/plots unless a test asks: every test stays around a second
-FAST = [
-    "data.batch_size=16",
-    "train.log_every=1",
-    "train.sample_every=0",
-    "train.tensorboard=false",
-    "train.progress=false",
-]
+FAST = fast_overrides(16)
 # one thread: on 2 shared cores OpenMP's spinning threads make tiny steps ~20x slower, and the
 # subprocess runs must use the same thread count to agree bit for bit
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
