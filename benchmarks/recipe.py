@@ -143,7 +143,7 @@ def train_row(args, row: str, seed: int) -> dict:
 
     from difflab.nets import build_net
     from difflab.nets.cost import count_parameters, flops_per_forward
-    from difflab.train.trainer import run_training
+    from difflab.train import run_training
 
     cfg = row_config(args, row, seed)
     run_dir = Path(cfg.train.out_dir)

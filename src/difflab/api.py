@@ -21,7 +21,7 @@ import platform
 import re
 import shutil
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -218,6 +218,19 @@ def sample(
         device=model.device,
         progress=progress,
     )
+
+
+METHOD_SAMPLERS: dict[str, Callable[..., dict[str, Any]]] = {}
+"""How `difflab sample` draws from a model trained by a paper-level method whose samples are not
+one Gaussian image batch (`config.method.name` -> function). Each entry is called as
+`fn(model, folder, *, num, seed, overwrite, **sampling_kwargs) -> record`: it checks and writes
+`folder` itself (`check_output_folder`) and returns the record it wrote, with a one-line
+`"summary"` for the command to print."""
+
+
+def method_sampler(model: LoadedModel) -> Callable[..., dict[str, Any]] | None:
+    """The `METHOD_SAMPLERS` entry for `model`'s training method, or None (plain diffusion)."""
+    return METHOD_SAMPLERS.get(model.config.method.name)
 
 
 def earlier_samples(folder: str | Path) -> list[Path]:

@@ -119,7 +119,18 @@ class RunConfig:
 
 
 @dataclass(frozen=True)
+class MethodConfig:
+    """What is trained: a method of `difflab.train.methods.TRAINING_METHODS` by name (the plain
+    Gaussian `diffusion` objective of the `diffusion` section by default); `kwargs` are the fields
+    of that method's options dataclass, checked when the method is built."""
+
+    name: str = "diffusion"
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class TrainConfig:
+    method: MethodConfig = field(default_factory=MethodConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -134,8 +145,8 @@ def _structured_error(err: OmegaConfBaseException, source: str) -> ValueError:
 
 
 def _apply_override(merged, item: str):
-    """Merge one `key=value` override. A whole keyword dict (`model.kwargs`, `data.kwargs`,
-    `diffusion.schedule_kwargs`, `diffusion.weighting_kwargs`) given as `key={...}` replaces
+    """Merge one `key=value` override. A whole keyword dict (`method.kwargs`, `model.kwargs`,
+    `data.kwargs`, `diffusion.schedule_kwargs`, `diffusion.weighting_kwargs`) given as `key={...}` replaces
     the recipe's dict, so `diffusion.weighting_kwargs={}` clears it; `key.name=value` merges."""
     key = item.split("=", 1)[0].strip()
     patch = OmegaConf.from_dotlist([item])

@@ -24,6 +24,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
     kwargs = sampling_kwargs(args)
     api.check_output_folder(args.out, overwrite=args.overwrite)  # before the expensive work
     model = api.load(args.checkpoint, ema=not args.no_ema, device=args.device)
+    method_sampler = api.method_sampler(model)
+    if method_sampler is not None:  # text, sequences, latents: the method writes its outputs
+        record = method_sampler(
+            model, Path(args.out), num=args.num, seed=args.seed, overwrite=args.overwrite, **kwargs
+        )
+        print(record["summary"])
+        return 0
     gen, record = api.sample_to_folder(
         model, args.out, num=args.num, overwrite=args.overwrite, label=args.label,
         seed=args.seed, **kwargs,

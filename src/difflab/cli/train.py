@@ -7,6 +7,7 @@ from pathlib import Path
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .. import methods  # noqa: F401  (registers the paper-level training methods)
     from ..train.runs import launch_training
 
     items = list(args.items)

@@ -15,6 +15,15 @@ from .checkpoint import (
 )
 from .distributed import DistInfo, ShardedBatchSampler, derive_seed, init_distributed
 from .ema import EMA
+from .methods import (
+    MethodParts,
+    TrainingMethod,
+    build_method,
+    method_options,
+    register_training_method,
+    run_training,
+    training_method,
+)
 from .monitor import plot_loss_curve, read_metrics
 from .runs import launch_training, load_training_config, resume_run, run_config
 from .trainer import (
@@ -23,7 +32,6 @@ from .trainer import (
     TrainingDiverged,
     cpu_has_native_bf16,
     diffusion_loss_fn,
-    run_training,
     train_step,
 )
 
@@ -34,10 +42,13 @@ __all__ = [
     "CheckpointWriteError",
     "DistInfo",
     "ShardedBatchSampler",
+    "MethodParts",
     "StepResult",
     "Trainer",
+    "TrainingMethod",
     "TrainingDiverged",
     "apply_malloc_fix",
+    "build_method",
     "cpu_has_native_bf16",
     "derive_seed",
     "diffusion_loss_fn",
@@ -50,12 +61,15 @@ __all__ = [
     "load_denoiser",
     "load_model",
     "malloc_fix_applied",
+    "method_options",
     "newest_valid_checkpoint",
     "plot_loss_curve",
     "read_metrics",
+    "register_training_method",
     "resume_run",
     "run_config",
     "run_training",
     "save_image_grid",
     "train_step",
+    "training_method",
 ]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 from ..config import TrainConfig, config_from_dict, config_to_dict, load_config
 from .checkpoint import CHECKPOINTS, Checkpoint, CheckpointError, list_checkpoints
+from .methods import run_training
 from .monitor import METRICS_FILE
-from .trainer import run_training
 
 RUN_CONFIG = "config.yaml"  # written into the run directory at every start
 

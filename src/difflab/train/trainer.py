@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from ..allocator import apply_malloc_fix, malloc_fix_applied
+from ..allocator import malloc_fix_applied
 from ..config import DiffusionConfig, TrainConfig, config_to_dict, config_to_yaml
 from ..diffusion.losses import diffusion_loss
 from ..diffusion.parameterization import as_denoiser
@@ -54,7 +54,6 @@ from .checkpoint import (
 )
 from .distributed import (
     SEED_GLOBAL,
-    SEED_INIT,
     SEED_NOISE,
     SEED_SAMPLE,
     DistInfo,
@@ -63,9 +62,7 @@ from .distributed import (
     all_reduce_mean,
     barrier,
     derive_seed,
-    init_distributed,
     parameter_hash,
-    shutdown_distributed,
 )
 from .ema import EMA
 from .monitor import METRICS_FILE, MetricsLogger, plot_loss_curve, truncate_metrics
@@ -721,30 +718,6 @@ class Trainer:
             )
         if len(set(hashes)) != 1:
             raise RuntimeError(f"DDP replicas diverged: parameter hashes {hashes}")
-
-
-def run_training(cfg: TrainConfig, resume: bool = False) -> Path:
-    """`difflab train`: build the net and dataset of `cfg`, train, return the run directory.
-    Works unchanged under `torchrun --nproc_per_node N` (DDP, gloo on CPU / NCCL on CUDA)."""
-    from ..data import make_dataset
-    from ..nets import build_net
-
-    apply_malloc_fix()
-    info = init_distributed()
-    done = False
-    try:
-        checkpoint = find_resume_checkpoint(cfg.train.out_dir) if resume else None
-        if resume and finished(checkpoint, cfg, announce=info.is_main):
-            done = True
-            return Path(cfg.train.out_dir)  # before building the data set: nothing to do
-        torch.manual_seed(derive_seed(cfg.train.seed, SEED_INIT))  # same init on every rank
-        net = build_net(cfg.model.name, **cfg.model.kwargs)
-        dataset = make_dataset(cfg.data.name, cfg.data.split, **cfg.data.kwargs)
-        run_dir = Trainer(cfg, net, dataset, dist_info=info).fit(resume, checkpoint)
-        done = True
-        return run_dir
-    finally:
-        shutdown_distributed(wait_for_all=done)
 
 
 def finished(checkpoint: Checkpoint | None, cfg: TrainConfig, announce: bool = True) -> bool:
