@@ -21,6 +21,7 @@ from common import REPORT, RESULTS, ROOT, write_report
 RENDERERS = {
     "samplers": "samplers_report",
     "samplers_mnist": "samplers_report",
+    "diffusers_model": "diffusers_model_samplers",
     "cov_ddim_mnist": "cov_ddim_mnist",
     "distill": "distill_reports",
     "distill/oracle_100k": "distill_reports",
@@ -35,7 +36,13 @@ RENDERERS = {
     "mnist_model": "mnist_model",
     "eval_sanity": "eval_sanity",
     "train_throughput": "train_throughput",
+    "unified_latents": "unified_latents_curve",
     "recipe/mnist_pilot": "recipe",
+    "dual_rate": "dual_rate_frontier",
+    "discrete/dmmd_oracle": "discrete_dmmd_oracle",
+    "discrete/dmmd_text": "discrete_dmmd_text",
+    "rolling": "rolling_report",
+    "discrete": "discrete_oracle",
 }
 """Study folder (under `results/`) -> the module whose `report_text(folder)` renders it."""
 

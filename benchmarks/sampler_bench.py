@@ -1,10 +1,10 @@
 """Shared pieces of the sampler study scripts (`samplers_*.py`): the denoiser a run samples
 from (`--denoiser oracle`, the exact posterior mean of an image-like Gaussian mixture, or
-`--denoiser checkpoint PATH`, a trained model), the sampler configurations (ours and
-diffusers' schedulers as peers), the runner that samples them all from the same initial noise,
-and the measured cost of a JVP. Each script answers one question and stores its keys in the
-study folder's `results.json` (`--out`, default `results/samplers`); `samplers_report.py`
-renders the report from that file alone.
+`--denoiser checkpoint PATH`, a trained model), the sampler configurations (ours; diffusers'
+schedulers and k-diffusion's samplers as peers), the runner that samples them all from the same
+initial noise, and the measured cost of a JVP. Each script answers one question and stores its
+keys in the study folder's `results.json` (`--out`, default `results/samplers`);
+`samplers_report.py` renders the report from that file alone.
 
 - `--denoiser oracle` (default): `GaussianMixtureOracle.named(--oracle)`, by default
   `image_like` ((1, 16, 16), 8 components, DCT power-law spectra). Metrics against the *exact*
@@ -214,25 +214,29 @@ def checkpoint_setup(args) -> Setup:
 # ----------------------------------------------------------------------------- the methods
 @dataclass
 class Method:
-    """One sampler configuration: ours (a registry name, options, a grid) or a diffusers peer."""
+    """One sampler configuration: ours (a registry name, options, a grid) or a peer (a diffusers
+    scheduler or a k-diffusion sampler)."""
 
     name: str
-    family: str  # "difflab" | "diffusers"
+    family: str  # "difflab" | "diffusers" | "k-diffusion"
     sampler: str = ""
     options: dict = field(default_factory=dict)
     grid: GridChoice | None = None
     peer: str = ""
     hybrid_last_cov: bool = False  # run `sampler` to the last level, then one cov_ddim step
 
+    @property
+    def two_per_step(self) -> bool:
+        return self.sampler == "heun" or self.peer.startswith(("diffusers_heun", "k_heun"))
+
     def steps(self, nfe: int) -> int:
         """Steps whose paper-convention NFE is at most `nfe` (Heun: `2 steps - 1`)."""
-        two_per_step = self.sampler == "heun" or self.peer.startswith("diffusers_heun")
-        return max(1, (nfe + 1) // 2) if two_per_step else nfe
+        return max(1, (nfe + 1) // 2) if self.two_per_step else nfe
 
     def counts(self, steps: int) -> tuple[int, int]:
         """(NFE in the paper convention, JVPs) for `steps`."""
         if self.peer:
-            return (2 * steps - 1 if self.peer.startswith("diffusers_heun") else steps), 0
+            return (2 * steps - 1 if self.two_per_step else steps), 0
         if self.hybrid_last_cov:
             return steps, 1
         spec = get_sampler(self.sampler)
@@ -240,6 +244,8 @@ class Method:
 
     def run(self, setup: Setup, denoise: Denoise, z: Tensor, steps: int, seed: int) -> Tensor:
         gen = torch.Generator(z.device).manual_seed(seed)
+        if self.family == "k-diffusion":
+            return run_k_diffusion(self.peer, setup.schedule, denoise, z, steps, gen)
         if self.peer:
             from difflab.sampling.diffusers_adapter import make_scheduler, sample_with_scheduler
 
@@ -342,6 +348,64 @@ def diffusers_methods() -> list[Method]:
     return [Method(name, "diffusers", peer=name) for name in PEERS]
 
 
+K_PEERS: dict[str, tuple[str, str]] = {
+    "k_euler": ("sample_euler", "uniform_t"),
+    "k_heun": ("sample_heun", "karras"),
+    "k_dpmpp_2m": ("sample_dpmpp_2m", "uniform_t"),
+    "k_dpmpp_2m_karras": ("sample_dpmpp_2m", "karras"),
+    "k_dpmpp_2m_sde": ("sample_dpmpp_2m_sde", "karras"),
+}
+"""k-diffusion's samplers as peers: (function of `k_diffusion.sampling`, sigma grid). `karras`:
+k-diffusion's `get_sigmas_karras` (rho = 7) over the schedule's range, as its users run it;
+`uniform_t`: the schedule's uniform-t levels (the grid `ddim`/`euler` use here). The denoiser is
+the run's own, through `difflab.interop.to_k_diffusion`; the initial `x = z / alpha_0`."""
+
+
+def k_sigmas(grid_kind: str, schedule: Schedule, steps: int) -> Tensor:
+    """k-diffusion's decreasing sigmas (ending at 0) for `steps` steps on `schedule` (float64)."""
+    from difflab.interop import k_diffusion_sampling, sigmas_of_grid
+    from difflab.sampling import uniform_t_grid
+
+    if grid_kind == "karras":
+        lo, hi = math.exp(-0.5 * schedule.logsnr_max), math.exp(-0.5 * schedule.logsnr_min)
+        ks = k_diffusion_sampling()
+        return ks.get_sigmas_karras(steps, lo, hi, rho=7.0, device="cpu").double()
+    return sigmas_of_grid(uniform_t_grid(schedule, steps))
+
+
+def run_k_diffusion(
+    peer: str, schedule: Schedule, denoise: Denoise, z: Tensor, steps: int, gen: torch.Generator
+) -> Tensor:
+    """Run k-diffusion's sampler `K_PEERS[peer]` from the difflab noise `z` (at the grid's first
+    level) with `denoise`; returns the final sample (sigma = 0: the data). The step noise of the
+    stochastic samplers comes from `gen`."""
+    from difflab.interop import grid_of_sigmas, k_diffusion_sampling, to_k_diffusion, ve_of_vp
+
+    fn_name, grid_kind = K_PEERS[peer]
+    fn = getattr(k_diffusion_sampling(), fn_name)
+    sigmas = k_sigmas(grid_kind, schedule, steps)
+    x = ve_of_vp(z, grid_of_sigmas(sigmas[:1])[0])
+    extra = {}
+    if fn_name.endswith("_sde") or "ancestral" in fn_name:
+        extra["noise_sampler"] = lambda s, s_next: torch.randn(
+            x.shape, generator=gen, device=x.device, dtype=x.dtype
+        )
+    with torch.inference_mode():
+        return fn(to_k_diffusion(denoise), x, sigmas.to(x.device, x.dtype), disable=True, **extra)
+
+
+def k_diffusion_methods() -> list[Method]:
+    """k-diffusion's samplers (`K_PEERS`), or none (with a note) when it is not installed."""
+    from difflab.interop import k_diffusion_sampling
+
+    try:
+        k_diffusion_sampling()
+    except ImportError as err:
+        log(f"k-diffusion peers skipped: {err}")
+        return []
+    return [Method(name, "k-diffusion", peer=name) for name in K_PEERS]
+
+
 class Runner:
     """Runs methods on the fixed initial noise (and labels), in batches, and evaluates."""
 
@@ -379,7 +443,9 @@ class Runner:
             metrics = {self.setup.headline: math.inf, "nonfinite_samples": str(err)}
             return Row(method.name, method.family, nfe, steps, n, jvps, math.nan, metrics)
         grid = (
-            "diffusers"
+            f"k-diffusion {K_PEERS[method.peer][1]}"
+            if method.family == "k-diffusion"
+            else "diffusers"
             if method.peer
             else (method.grid or DEFAULT_GRIDS.get(method.sampler, GridChoice())).label
         )

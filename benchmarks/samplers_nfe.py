@@ -1,7 +1,7 @@
-"""Quality against NFE: every sampler (ours on its default grid, diffusers' schedulers on
-theirs) at each NFE of `--nfe`, from the same initial noise, on one denoiser; with the cost of
-a JVP in forward passes, and the comparisons at equal compute (a JVP charged its measured cost)
-and at equal measured wall time.
+"""Quality against NFE: every sampler (ours on its default grid, diffusers' schedulers and
+k-diffusion's samplers on theirs) at each NFE of `--nfe`, from the same initial noise, on one
+denoiser; with the cost of a JVP in forward passes, and the comparisons at equal compute (a JVP
+charged its measured cost) and at equal measured wall time.
 
 NFE: paper convention (a forward pass with its JVP is one evaluation; Heun takes the largest
 `2 steps - 1 <= NFE`). Stores `rows`, `jvp_cost`, `exact_samples` (oracle), `equal_compute`,
@@ -28,6 +28,7 @@ from sampler_bench import (
     difflab_methods,
     diffusers_methods,
     jvp_costs,
+    k_diffusion_methods,
     log,
     method_names,
     open_setup,
@@ -104,6 +105,7 @@ def main(argv=None) -> int:
     p.add_argument("--nfe", type=int, nargs="+", default=list(NFES))
     p.add_argument("--methods", nargs="+", help="run only these methods (names as in the tables)")
     p.add_argument("--no-diffusers", action="store_true", help="only difflab's samplers")
+    p.add_argument("--no-k-diffusion", action="store_true", help="no k-diffusion peers")
     p.add_argument("--no-equal-compute", action="store_true", help="skip the equal-compute rows")
     p.add_argument("--jvp-reps", type=int, default=7, help="timed repetitions of the JVP cost")
     args = parse(p, argv)
@@ -113,6 +115,7 @@ def main(argv=None) -> int:
     log("measuring the posterior spectrum table on data ...")
     methods = difflab_methods(setup, args.table_levels)
     peers = [] if args.no_diffusers else diffusers_methods()
+    peers += [] if args.no_k_diffusion else k_diffusion_methods()
     methods, peers = method_names(methods, peers, args.methods)
     part: dict = {
         "setup": setup.description,

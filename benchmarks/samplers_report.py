@@ -94,6 +94,15 @@ def targets(rows: list[Row], key: str, setup: View) -> list[str]:
                 f"NFE {nfe}: best difflab `{ours.method}` {fmt(v_o)} vs every diffusers "
                 f"scheduler (best `{theirs.method}` {fmt(v_t)}) **{'met' if ok else 'missed'}**"
             )
+    for nfe in (6, 8, 10):  # the second peer family, where it was run
+        ours, theirs = best("difflab", nfe), best("k-diffusion", nfe)
+        if ours is not None and theirs is not None:
+            v_o, v_t = ours.metrics[key], theirs.metrics[key]
+            verdict = "met" if v_o < v_t else "missed"
+            lines.append(
+                f"NFE {nfe}: best difflab `{ours.method}` {fmt(v_o)} vs every k-diffusion "
+                f"sampler (best `{theirs.method}` {fmt(v_t)}) **{verdict}**"
+            )
     if setup.kind == "checkpoint":  # the covariance-aware sampler vs the papers' baselines
         for nfe in (8, 10):
             for cov in COV_VARIANTS:
@@ -182,7 +191,7 @@ def plot(view: View, path: Path) -> None:
             if not pts:
                 continue
             fam = next(r.family for r in rows if r.method == name)
-            style = "--" if fam == "diffusers" else "-"
+            style = {"diffusers": "--", "k-diffusion": ":"}.get(fam, "-")
             width = 2.5 if name == "cov_ddim" else 1.2
             ax.plot(*zip(*pts), style, marker="o", ms=3, lw=width, label=name)
         if floor is not None:
@@ -199,7 +208,8 @@ def plot(view: View, path: Path) -> None:
     axes[0].set_ylabel(key)
     axes[1].legend(fontsize=7, ncol=2)
     fig.suptitle(
-        f"difflab samplers (solid) vs diffusers schedulers (dashed); axis capped at {cap:.3g}"
+        "difflab samplers (solid) vs diffusers schedulers (dashed) and k-diffusion samplers "
+        f"(dotted); axis capped at {cap:.3g}"
     )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -259,8 +269,15 @@ def render(report: dict) -> str:
         "largest `2 steps - 1 <= NFE`. NFE (compute) charges each JVP its measured cost on a "
         f"small U-ViT: {jvp_cost:.2f} forwards (see below).",
         "- difflab samplers use their default grid (`difflab.sampling.DEFAULT_GRIDS`); diffusers "
-        "schedulers their own timesteps on the same schedule (`diffusers_adapter`). `euler` is "
-        "not listed: it equals `ddim` to round-off (tested).",
+        "schedulers their own timesteps on the same schedule (`diffusers_adapter`)"
+        + (
+            "; k-diffusion's samplers (`k_*`, `samplers_kdiffusion.py`) the denoiser through "
+            "`difflab.interop.to_k_diffusion` on Karras sigmas over the schedule's range or its "
+            "uniform-t levels (`sampler_bench.K_PEERS`). `euler` is not listed: it equals `ddim` "
+            "to round-off (tested), as `k_euler` does."
+            if any(r.family == "k-diffusion" for r in rows)
+            else ". `euler` is not listed: it equals `ddim` to round-off (tested)."
+        ),
         "",
         "## Targets (measured)",
         "",

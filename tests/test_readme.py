@@ -71,6 +71,8 @@ def test_the_python_example_runs():
     """The example ends with samples `x` of the noise `z`'s shape: finite, and no longer noise
     (the oracle's data have a variance well below the unit variance of `z`)."""
     for block in code_blocks("python"):
+        if "from_diffusers" in block:
+            continue  # the diffusers example needs a model folder: tests/test_interop.py runs it
         names: dict = {}
         exec(compile(block, str(README), "exec"), names)
         x, z = names["x"], names["z"]

@@ -35,7 +35,14 @@ from .diffusion.parameterization import Denoise
 from .diffusion.schedules import Schedule
 from .fileio import append_json_record, read_json, write_json_atomic
 from .images import save_image_grid, save_images
+from .interop import diffusers_folders
+from .methods.discrete_diffusion import DISCRETE_METHODS
+from .methods.discrete_diffusion import sample_to_folder as discrete_sample_to_folder
 from .methods.distill import read_student_spec, spec_logsnrs
+from .methods.rolling import sample_rollouts_to_folder
+from .methods.unified_latents import UL_METHODS, evaluate_ul
+from .methods.unified_latents import sample_to_folder as ul_sample_to_folder
+from .sampling.dual_rate import DualRateFactory
 from .sampling.generate import Generation, describe_grid, generate, resolve_grid
 from .train.checkpoint import NetDenoiser, net_from_weights, read_weights
 
@@ -102,8 +109,12 @@ class LoadedModel:
         return next(self.net.parameters()).device
 
     @property
-    def make_denoise(self) -> NetDenoiser:
-        """The factory `make_denoise(labels=None) -> Denoise` that `generate` takes."""
+    def make_denoise(self) -> NetDenoiser | DualRateFactory:
+        """The factory `make_denoise(labels=None) -> Denoise` that `generate` takes (for a
+        dual-rate net a `DualRateDenoise`, which `dual_rate_ddpm` needs and every other sampler
+        uses as the composed net)."""
+        if hasattr(self.net, "encode") and hasattr(self.net, "denoise_light"):
+            return DualRateFactory(self.net, self.prediction, self.clip_x)
         return NetDenoiser(self.net, self.prediction, self.clip_x)
 
     def denoiser(
@@ -130,13 +141,50 @@ def load(
     """Load an exported `.safetensors` model, a checkpoint folder or a run directory (its newest
     valid checkpoint), a distilled student included, onto `device` (`devices.resolve_device`
     names). `ema`: True for the first EMA decay, a float for that decay, False for the raw
-    weights; `clip_x` clamps `x_hat` to the data range."""
+    weights; `clip_x` clamps `x_hat` to the data range. A diffusers model folder is read by
+    `load_diffusers_model` (`ema` does not apply: the folder holds one set of weights)."""
     from .devices import resolve_device
 
     device = resolve_device(device)
+    if diffusers_folders(path) is not None:  # a diffusers model folder (difflab.interop)
+        return load_diffusers_model(path, device=device, clip_x=clip_x)
     tensors, cfg, source = read_weights(path, ema)
     net = net_from_weights(tensors, cfg, str(device), path)
     return LoadedModel(Path(path), net, cfg, source, read_student_spec(path), clip_x)
+
+
+@dataclass
+class DiffusersLoadedModel(LoadedModel):
+    """A diffusers model folder as a `LoadedModel`: `net` is `interop.DiffusersNet` (the model
+    as a difflab network), the schedule and prediction are its scheduler's; `config` is the
+    default `TrainConfig` (no training recipe is known)."""
+
+    def __post_init__(self) -> None:
+        self.schedule = self.net.schedule
+        self.sampler, self.steps, self.grid = DEFAULT_SAMPLER, DEFAULT_STEPS, "default"
+
+    @property
+    def prediction(self) -> str:
+        return self.net.prediction
+
+
+def load_diffusers_model(
+    path: str | Path, *, device: str | torch.device = "cpu", clip_x: float | None = 1.0
+) -> LoadedModel:
+    """A diffusers model folder (`config.json` + `diffusion_pytorch_model.safetensors`, or a
+    pipeline's `unet/` + `scheduler/`), read with safetensors only (`interop.load_diffusers`)."""
+    import hashlib
+
+    from .interop import load_diffusers
+
+    model = load_diffusers(path, device=device)
+    weights = diffusers_folders(path)[0] / "diffusion_pytorch_model.safetensors"
+    source = {
+        "path": str(path), "format": "diffusers", "class": type(model.model).__name__,
+        "scheduler": type(model.scheduler).__name__,
+        "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+    }  # fmt: skip
+    return DiffusersLoadedModel(Path(path), model.net, TrainConfig(), source, None, clip_x)
 
 
 def _as_model(model: LoadedModel | str | Path) -> LoadedModel:
@@ -201,6 +249,13 @@ def sample(
     if interval is not None and guidance == 0:
         raise ValueError(f"interval {interval} has no effect without guidance; give a weight")
     sampler, steps, grid = sampling_settings(model, sampler, steps, grid)
+    if sampler == "dual_rate_ddpm":  # it reuses encoder features: a dual-rate net, unguided
+        if not isinstance(model.make_denoise, DualRateFactory):
+            raise ValueError(f"sampler dual_rate_ddpm needs a dual-rate model (model.name "
+                             f"dual_rate), got {model.config.model.name!r}; use ddpm")  # fmt: skip
+        if guidance != 0:
+            raise ValueError("sampler dual_rate_ddpm does not support guidance (a guided "
+                             "denoiser has no features to reuse); use ddpm")  # fmt: skip
     return generate(
         model.make_denoise,
         model.shape,
@@ -226,6 +281,9 @@ one Gaussian image batch (`config.method.name` -> function). Each entry is calle
 `fn(model, folder, *, num, seed, overwrite, **sampling_kwargs) -> record`: it checks and writes
 `folder` itself (`check_output_folder`) and returns the record it wrote, with a one-line
 `"summary"` for the command to print."""
+METHOD_SAMPLERS.update(dict.fromkeys(UL_METHODS, ul_sample_to_folder))  # latents -> decoder
+METHOD_SAMPLERS.update(dict.fromkeys(("rolling", "block"), sample_rollouts_to_folder))  # GIFs
+METHOD_SAMPLERS.update(dict.fromkeys(DISCRETE_METHODS, discrete_sample_to_folder))  # text
 
 
 def method_sampler(model: LoadedModel) -> Callable[..., dict[str, Any]] | None:
@@ -331,12 +389,29 @@ def samples_record(model: LoadedModel, gen: Generation, **kwargs) -> dict[str, A
         "num": len(gen.samples),
         "nfe": gen.nfe,
         "jvps": gen.jvps,
+        **sample_cost(model, gen, kwargs.get("guidance", 0.0)),
         "difflab_version": difflab_version,
         "torch_version": torch.__version__,
         "python_version": platform.python_version(),
         "device": str(model.device),
         "seconds": round(gen.seconds, 3),
     }
+
+
+def sample_cost(model: LoadedModel, gen: Generation, guidance: float = 0.0) -> dict[str, Any]:
+    """`{"calls": {part: calls per sample}, "gflops_per_sample": ...}` of `gen` (FLOPs counted
+    from shapes, `difflab.nets.cost`; a dual-rate net prices encoder and light calls apart);
+    empty for a net the counter cannot run."""
+    from .nets.cost import flops_per_sample
+    from .sampling.registry import get_sampler
+
+    calls = get_sampler(gen.sampler).part_calls(gen.steps, **gen.options)
+    try:
+        jvps = gen.jvps // (2 if guidance != 0 else 1)  # gen.jvps counts both guided passes
+        flops = flops_per_sample(model.net, calls, jvps=jvps, guidance=guidance != 0)
+    except (TypeError, ValueError):
+        return {}
+    return {"calls": calls, "gflops_per_sample": round(flops / 1e9, 6)}
 
 
 # ----------------------------------------------------------------------------- evaluation
@@ -431,6 +506,15 @@ def evaluate(
         "reference": f"{dataset}/{split}",
         "device": str(model.device),
     }
+    if model.config.method.name in UL_METHODS:  # Unified Latents: PSNR, bits, then samples
+        record.update(evaluate_ul(
+            model, metrics=metrics, num=num, dataset=dataset, split=split, ref_num=ref_num,
+            seed=record["seed"], sampler=sampler, steps=steps,
+            options=sample_kwargs.get("options"), batch_size=sample_kwargs.get("batch_size", 256),
+        ))  # fmt: skip
+        if out is not None:
+            append_json_record(out, record)
+        return record
     sample_metrics = [m for m in metrics if m != "elbo"]
     if "elbo" in metrics:
         top = _elbo_top(model, elbo_logsnr_max)
@@ -442,6 +526,7 @@ def evaluate(
         scorer.check_shape(model.shape, f"samples of {model.path}")
         gen = sample(model, num=num, sampler=sampler, steps=steps, grid=grid, **sample_kwargs)
         record.update(nfe=gen.nfe, jvps=gen.jvps, sampling_seconds=round(gen.seconds, 2))
+        record.update(sample_cost(model, gen, sample_kwargs.get("guidance", 0.0)))
         start = time.perf_counter()
         record.update(scorer(gen.samples))
         record["feature_seconds"] = round(time.perf_counter() - start, 2)

@@ -146,8 +146,9 @@ def _structured_error(err: OmegaConfBaseException, source: str) -> ValueError:
 
 def _apply_override(merged, item: str):
     """Merge one `key=value` override. A whole keyword dict (`method.kwargs`, `model.kwargs`,
-    `data.kwargs`, `diffusion.schedule_kwargs`, `diffusion.weighting_kwargs`) given as `key={...}` replaces
-    the recipe's dict, so `diffusion.weighting_kwargs={}` clears it; `key.name=value` merges."""
+    `data.kwargs`, `diffusion.schedule_kwargs`, `diffusion.weighting_kwargs`) given as
+    `key={...}` replaces the recipe's dict, so `diffusion.weighting_kwargs={}` clears it;
+    `key.name=value` merges."""
     key = item.split("=", 1)[0].strip()
     patch = OmegaConf.from_dotlist([item])
     value = OmegaConf.select(patch, key)

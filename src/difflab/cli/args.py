@@ -9,6 +9,8 @@ from typing import Any
 
 VALUE_WITH_DASH = ("--interval",)
 """Options whose value may start with `-` (`--interval -2,6`): `normalize_argv` attaches it."""
+DUAL_RATE_SAMPLER = "dual_rate_ddpm"
+"""The sampler `--refresh-every` / `--refresh` configure."""
 EVAL_COMMANDS = ("checkpoint", "refstats", "real", "plot")
 """`difflab eval` sub-commands; any other first argument is a checkpoint (`eval checkpoint`)."""
 
@@ -35,6 +37,16 @@ def interval(text: str) -> tuple[float, float]:
     if math.isnan(lo) or math.isnan(hi) or lo > hi:
         raise argparse.ArgumentTypeError(f"must be LO,HI with LO <= HI, got {text!r}")
     return lo, hi
+
+
+def step_indices(text: str) -> tuple[int, ...]:
+    """argparse type: comma-separated step indices `0,2,5` (checked further by the sampler)."""
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"must be comma-separated step indices (e.g. 0,4,6), got {text!r}"
+        ) from None
 
 
 def normalize_argv(argv: Sequence[str]) -> list[str]:
@@ -128,6 +140,20 @@ def add_sampling_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="LO,HI",
         help="apply guidance only for logsnr in [LO, HI] (e.g. --interval -2,6); needs --guidance",
     )
+    parser.add_argument(
+        "--refresh-every",
+        type=positive_int,
+        default=None,
+        metavar="K",
+        help="dual_rate_ddpm: run the heavy encoder every K steps (default 1)",
+    )
+    parser.add_argument(
+        "--refresh",
+        type=step_indices,
+        default=None,
+        metavar="I,J,...",
+        help="dual_rate_ddpm: the steps at which the encoder runs (starting at 0)",
+    )
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument(
         "--batch-size",
@@ -142,11 +168,24 @@ def sampling_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     `--guidance`)."""
     if args.interval is not None and args.guidance == 0:
         raise ValueError("--interval needs --guidance W (it limits where guidance applies)")
+    options = parse_options(args.opt)
+    refresh = {"refresh_every": getattr(args, "refresh_every", None),
+               "refresh": getattr(args, "refresh", None)}  # fmt: skip
+    for key, value in refresh.items():
+        if value is None:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if args.sampler != DUAL_RATE_SAMPLER:
+            raise ValueError(
+                f"{flag} needs --sampler {DUAL_RATE_SAMPLER} (the only sampler that reuses "
+                "encoder features; other samplers run a dual-rate model at every step)"
+            )
+        options[key] = list(value) if key == "refresh" else value
     return {
         "sampler": args.sampler,
         "steps": args.steps,
         "grid": args.grid,
-        "options": parse_options(args.opt),
+        "options": options,
         "guidance": args.guidance,
         "interval": args.interval,
         "batch_size": args.batch_size,

@@ -1,9 +1,9 @@
-"""`difflab distill {mcm,mmd} --teacher CKPT --student-steps K [options] [key=value ...]`, or
+"""`difflab distill {mcm,mmd,dmmd} --teacher CKPT --student-steps K [options] [key=value ...]`, or
 `difflab distill emd --teacher CKPT --mcmc-steps K ...` (a one-step student).
 
 The trailing `key=value` overrides are `TrainConfig` keys of the student run (e.g.
 `train.steps=5000 optim.lr=5e-5`; give them after the options or right after the method);
-`--opt key=value` sets fields of `MCMConfig` / `MMDConfig` / `EMDConfig` (e.g.
+`--opt key=value` sets fields of `MCMConfig` / `MMDConfig` / `EMDConfig` / `DMMDConfig` (e.g.
 `--opt anneal_steps=20000 --opt huber_c=null`). The exported student samples with its own
 sampler and levels (`difflab sample STUDENT`).
 """
@@ -20,6 +20,7 @@ HELPS = {
     "mcm": "Multistep Consistency Models",
     "mmd": "Moment Matching distillation",
     "emd": "EM Distillation (one-step generator)",
+    "dmmd": "Discrete Moment Matching (masked or uniform diffusion teacher)",
 }
 
 
@@ -58,7 +59,7 @@ def add_parsers(sub) -> None:
     common.add_argument("overrides", nargs="*", help="student TrainConfig overrides key=value")
     p = sub.add_parser(
         "distill",
-        help="distil a trained model into a few-step student (MCM, moment matching or EMD)",
+        help="distil a trained model into a few-step student (MCM, MMD, EMD or D-MMD)",
         description=__doc__.splitlines()[0],
     )
     methods = p.add_subparsers(dest="method", required=True)

@@ -116,7 +116,10 @@ def add_parsers(sub) -> None:
     commands = e.add_subparsers(dest="eval_command", required=True, metavar=names)
 
     c = commands.add_parser("checkpoint", help="sample a model and score the samples")
-    c.add_argument("checkpoint", help="checkpoint folder, run directory or exported model")
+    c.add_argument(
+        "checkpoint",
+        help="checkpoint folder, run directory, exported model or diffusers model folder",
+    )
     c.add_argument("--metric", default="fd-lenet", help=f"comma list of {list(METRICS)}")
     c.add_argument("--num", type=positive_int, default=10_000)
     add_sampling_arguments(c)

@@ -26,6 +26,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     model = api.load(args.checkpoint, ema=not args.no_ema, device=args.device)
     method_sampler = api.method_sampler(model)
     if method_sampler is not None:  # text, sequences, latents: the method writes its outputs
+        if args.frames is not None:  # sequence models (rolling / block): frames per rollout
+            kwargs["frames"] = args.frames
         record = method_sampler(
             model, Path(args.out), num=args.num, seed=args.seed, overwrite=args.overwrite, **kwargs
         )
@@ -38,7 +40,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     out = Path(args.out)
     print(
         f"{args.num} samples with {gen.sampler} ({gen.steps} steps, {gen.grid} grid): "
-        f"NFE {gen.nfe}, JVPs {gen.jvps} per sample, {gen.seconds:.1f} s wall "
+        f"NFE {gen.nfe}, JVPs {gen.jvps} per sample"
+        + (f", {record['gflops_per_sample']:.4g} GFLOPs per sample" if "calls" in record else "")
+        + f", {gen.seconds:.1f} s wall "
         f"({args.num / max(gen.seconds, 1e-9):.1f} img/s)\n"
         f"images: {out}/  grid: {out / api.GRID_FILE}  record: {out / api.SAMPLES_RECORD}"
     )
@@ -95,7 +99,7 @@ def train_demo_model(out: Path, overrides: list[str]) -> Path:
 def add_parsers(sub) -> None:
     s = sub.add_parser(
         "sample",
-        help="sample a checkpoint, run directory or exported model",
+        help="sample a checkpoint, run directory, exported model or diffusers model folder",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -103,6 +107,10 @@ def add_parsers(sub) -> None:
     add_sampling_arguments(s)
     s.add_argument("--num", type=positive_int, default=64)
     s.add_argument("--label", default=None, help="class index or 'all' (default: cycle)")
+    s.add_argument(
+        "--frames", type=positive_int, default=None,
+        help="sequence models (rolling/block): frames to generate after the context (default 32)",
+    )  # fmt: skip
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-ema", action="store_true", help="use the raw weights, not the EMA")
     s.add_argument("--out", default="samples", help="output folder (default: samples)")

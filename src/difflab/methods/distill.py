@@ -3,7 +3,8 @@
 
 - `mcm`: Multistep Consistency Models (`consistency.py`), variants `cd` and `ct`;
 - `mmd`: Moment Matching distillation (`moment_matching.py`), variants `alternating` and `param`;
-- `emd`: EM Distillation of a one-step generator (`em_distill.py`), variants `eps_z`, `x_z`, `eps`.
+- `emd`: EM Distillation of a one-step generator (`em_distill.py`), variants `eps_z`, `x_z`, `eps`;
+- `dmmd`: Discrete Moment Matching of a masked or uniform diffusion teacher (`discrete_mmd.py`).
 
 The student starts as a copy of `init_net` (the teacher network itself when distilling a
 checkpoint). A run directory holds the Trainer's checkpoints plus `student.json`: the method, its
@@ -37,6 +38,15 @@ from ..diffusion.parameterization import Denoise, as_denoiser, check_prediction
 from ..diffusion.schedules import Schedule
 from ..fileio import read_json, write_atomic, write_json_atomic
 from .consistency import MCMConfig, mcm_grid, mcm_loss_fn, sample_mcm
+from .discrete_mmd import (
+    DiscreteTeacher,
+    DMMDConfig,
+    discrete_teacher_from_checkpoint,
+    dmmd_grid,
+    dmmd_parts,
+    dmmd_student_config,
+    load_teacher_weights,
+)
 from .em_distill import EMDConfig, emd_grid, emd_loss_fn, sample_emd
 from .moment_matching import (
     MMDConfig,
@@ -47,14 +57,15 @@ from .moment_matching import (
     teacher_gradient_second_moment,
 )
 
-METHODS = ("mcm", "mmd", "emd")
-VARIANTS = {"mcm": ("cd", "ct"), "mmd": ("alternating", "param"), "emd": ("eps_z", "x_z", "eps")}
-CONFIGS = {"mcm": MCMConfig, "mmd": MMDConfig, "emd": EMDConfig}
-MethodConfig = MCMConfig | MMDConfig | EMDConfig
+METHODS = ("mcm", "mmd", "emd", "dmmd")
+VARIANTS = {"mcm": ("cd", "ct"), "mmd": ("alternating", "param"), "emd": ("eps_z", "x_z", "eps"),
+            "dmmd": ("alternating",)}  # fmt: skip
+CONFIGS = {"mcm": MCMConfig, "mmd": MMDConfig, "emd": EMDConfig, "dmmd": DMMDConfig}
+MethodConfig = MCMConfig | MMDConfig | EMDConfig | DMMDConfig
 STUDENT_FILE = "student.json"
 STUDENT_METADATA_KEY = "difflab_student"
 PRECONDITIONER_FILE = "preconditioner.safetensors"
-STUDENT_SAMPLERS = {"mcm": "ddim", "mmd": "ddpm", "emd": "ddim"}
+STUDENT_SAMPLERS = {"mcm": "ddim", "mmd": "ddpm", "emd": "ddim", "dmmd": "masked_ancestral"}
 
 # Adam as in the moment matching paper (beta1 = 0, beta2 = 0.99); a short warmup.
 DISTILL_OPTIM = {
@@ -161,8 +172,8 @@ class OracleTeacher(nn.Module):
 
 
 def method_config(method: str, student_steps: int, **options) -> MethodConfig:
-    """`MCMConfig` / `MMDConfig` / `EMDConfig` from keyword options; unknown keys are a
-    `ValueError`."""
+    """`MCMConfig` / `MMDConfig` / `EMDConfig` / `DMMDConfig` from keyword options; unknown
+    keys are a `ValueError`."""
     if method not in METHODS:
         raise ValueError(f"unknown distillation method {method!r}; known: {list(METHODS)}")
     cls = CONFIGS[method]
@@ -185,6 +196,8 @@ def method_name(cfg: MethodConfig) -> str:
 def student_grid(cfg: MethodConfig, schedule: Schedule) -> Tensor:
     if isinstance(cfg, EMDConfig):
         return emd_grid(cfg.logsnr_star)
+    if isinstance(cfg, DMMDConfig):
+        return dmmd_grid(schedule, cfg.student_steps)
     return (mcm_grid if method_name(cfg) == "mcm" else mmd_grid)(schedule, cfg.student_steps)
 
 
@@ -276,6 +289,8 @@ def sample_student(
     `l*`) and step count."""
     if isinstance(cfg, EMDConfig):
         return sample_emd(student, z, cfg.logsnr_star)
+    if isinstance(cfg, DMMDConfig):
+        raise ValueError("a D-MMD student samples tokens: use discrete_mmd.sample_dmmd")
     if method_name(cfg) == "mcm":
         return sample_mcm(student, z, cfg.student_steps, schedule)
     return sample_mmd(student, z, cfg.student_steps, schedule, generator=generator)
@@ -284,9 +299,16 @@ def sample_student(
 # --------------------------------------------------------------------------- the run
 
 
-def _student_denoiser(prediction: str) -> Callable[[nn.Module, Tensor | None], Denoise]:
+def _student_denoiser(
+    prediction: str, frozen_encoder: Callable[[], bool] | None = None
+) -> Callable[[nn.Module, Tensor | None], Denoise]:
+    """`make(net, labels) -> Denoise`; with `frozen_encoder` (a dual-rate student) the net is
+    called with `detach_features=frozen_encoder()`: no gradient into its encoder while frozen."""
+
     def make(net: nn.Module, labels: Tensor | None) -> Denoise:
         cond = {} if labels is None else {"labels": labels}
+        if frozen_encoder is not None:
+            cond["detach_features"] = frozen_encoder()
         return as_denoiser(net, prediction, **cond)
 
     return make
@@ -341,11 +363,10 @@ def build_distillation(
     from ..train import Trainer
 
     method = method_name(method_cfg)
-    if not isinstance(teacher, Teacher):
+    if not isinstance(teacher, DiscreteTeacher if method == "dmmd" else Teacher):
         raise TypeError(f"teacher must be a Teacher, got {type(teacher).__name__}")
     schedule = teacher.schedule
     prediction = check_prediction(cfg.diffusion.prediction)
-    make_student = _student_denoiser(prediction)
     student = copy.deepcopy(init_net).requires_grad_(True).train()
     extras: dict[str, nn.Module] = {"teacher": teacher.net}
     run_dir = Path(cfg.train.out_dir)
@@ -354,7 +375,16 @@ def build_distillation(
     def step_fn() -> int:
         return trainer_ref[0].step
 
-    if method == "mcm":
+    make_student = _student_denoiser(prediction)
+    if hasattr(init_net, "denoise_light"):  # a dual-rate student (DualRateNet)
+        freeze = getattr(method_cfg, "freeze_encoder_steps", 0)
+        make_student = _student_denoiser(prediction, lambda: step_fn() < freeze)
+
+    record: dict[str, Any] = {}
+    if method == "dmmd":  # tokens: the loss and the auxiliary come from discrete_mmd
+        loss_fn, dmmd_extras, record = dmmd_parts(method_cfg, teacher, step_fn)
+        extras.update(dmmd_extras)
+    elif method == "mcm":
         teacher_fn = teacher.denoiser if method_cfg.variant == "cd" else None
         loss_fn = mcm_loss_fn(method_cfg, schedule, make_student, teacher_fn, step_fn)
     else:
@@ -373,7 +403,7 @@ def build_distillation(
                 teacher.weighting,
                 make_student,
                 make_teacher=teacher.denoiser,
-                make_auxiliary=make_student,
+                make_auxiliary=_student_denoiser(prediction),
                 step_fn=step_fn,
             )
         else:
@@ -408,13 +438,13 @@ def build_distillation(
         return sample_student(method_cfg, make_student(net, labels), noise, schedule, generator=gen)
 
     trainer = Trainer(
-        cfg, student, dataset, loss_fn=loss_fn, extra_modules=extras, sample_fn=sample_fn,
-        dist_info=dist_info,
+        cfg, student, dataset, loss_fn=loss_fn, extra_modules=extras,
+        sample_fn=None if method == "dmmd" else sample_fn, dist_info=dist_info,
     )  # fmt: skip
     trainer_ref.append(trainer)
     if trainer.dist.is_main:
         _write_student_record(
-            run_dir, student_spec(method_cfg, schedule, guidance=teacher.guidance)
+            run_dir, student_spec(method_cfg, schedule, guidance=teacher.guidance, **record)
         )
     return trainer
 
@@ -479,13 +509,14 @@ def run_distillation(
     options: Mapping[str, Any] | None = None,
     resume: bool = False,
 ) -> Path:
-    """`difflab distill {mcm,mmd} --teacher CKPT --student-steps K` (or `difflab distill emd
-    --teacher CKPT --mcmc-steps K`, a one-step student): distil a trained model.
+    """`difflab distill {mcm,mmd,dmmd} --teacher CKPT --student-steps K` (or `difflab distill
+    emd --teacher CKPT --mcmc-steps K`, a one-step student): distil a trained model (`dmmd`: a
+    masked or uniform diffusion teacher of `difflab train`).
 
     `variant`: `cd`/`ct` (mcm), `alternating`/`param` (mmd) or `eps_z`/`x_z`/`eps` (emd);
-    `options`: further fields of `MCMConfig`/`MMDConfig`/`EMDConfig`; `overrides`: `key=value`
-    on the student's `TrainConfig` (e.g. `train.steps=2000 optim.lr=5e-5`). Works under
-    `torchrun` like `difflab train`."""
+    `options`: further fields of `MCMConfig`/`MMDConfig`/`EMDConfig`/`DMMDConfig`;
+    `overrides`: `key=value` on the student's `TrainConfig` (e.g. `train.steps=2000
+    optim.lr=5e-5`). Works under `torchrun` like `difflab train`."""
     from ..allocator import apply_malloc_fix
     from ..data import make_dataset
     from ..nets import build_net
@@ -501,14 +532,18 @@ def run_distillation(
     info = init_distributed()
     done = False
     try:
-        teacher, teacher_cfg = teacher_from_checkpoint(
-            teacher_ckpt, guidance=guidance, device=str(info.device)
-        )
+        load = discrete_teacher_from_checkpoint if method == "dmmd" else teacher_from_checkpoint
+        teacher, teacher_cfg = load(teacher_ckpt, guidance=guidance, device=str(info.device))
         out = out_dir or f"runs/distill_{method}_{method_cfg.variant}_{student_steps}"
         cfg = distill_config(teacher_cfg, out, overrides)
+        if method == "dmmd":  # the student's extra noise input
+            cfg = dmmd_student_config(cfg, method_cfg, teacher.process)
         torch.manual_seed(derive_seed(cfg.train.seed, SEED_INIT))
         init = build_net(cfg.model.name, **cfg.model.kwargs)  # label dropout off
-        init.load_state_dict(teacher.net.state_dict())
+        if method == "dmmd":
+            load_teacher_weights(init, teacher.net)
+        else:
+            init.load_state_dict(teacher.net.state_dict())
         dataset = make_dataset(cfg.data.name, cfg.data.split, **cfg.data.kwargs)
         run_dir = distill(method_cfg, teacher, init, dataset, cfg, resume=resume, dist_info=info)
         done = True

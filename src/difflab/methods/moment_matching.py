@@ -58,6 +58,9 @@ class MMDConfig:
     `aux_steps`: auxiliary updates per generator update (alternating; the paper alternates 1:1).
     `preconditioner`: `"adam"` or `"none"` (parameter space); `"adam"` measures the teacher's
     gradient second moment on `preconditioner_batches` data minibatches before training.
+    `freeze_encoder_steps`: for a dual-rate student (`difflab.nets.DualRateNet`), the encoder
+    (initialised from the teacher's) gets no gradient for the first that many student updates;
+    the student's rollouts run its light net on the features of its own encoder.
     """
 
     student_steps: int = 8
@@ -67,9 +70,12 @@ class MMDConfig:
     preconditioner: Literal["adam", "none"] = "adam"
     preconditioner_batches: int = 16
     preconditioner_eps: float = 1e-8
+    freeze_encoder_steps: int = 0
 
     def __post_init__(self) -> None:
         check_student_steps(self.student_steps)
+        if self.freeze_encoder_steps < 0:
+            raise ValueError(f"freeze_encoder_steps must be >= 0, got {self.freeze_encoder_steps}")
         if self.variant not in ("alternating", "param"):
             raise ValueError(f"MMD variant must be 'alternating' or 'param', got {self.variant!r}")
         if self.preconditioner not in ("adam", "none"):

@@ -6,7 +6,18 @@ what the prediction means (x, eps or v) is chosen by
 """
 
 from difflab.nets.base import DiffusionNet, NetConfig
-from difflab.nets.cost import count_parameters, flops_per_forward, train_throughput
+from difflab.nets.cost import (
+    FLOP_RULES,
+    count_flops,
+    count_parameters,
+    flops_per_forward,
+    flops_per_sample,
+    forward_costs,
+    measured_flops,
+    net_flops,
+    train_throughput,
+)
+from difflab.nets.dual_rate import DualRateConfig, DualRateNet, EncoderFeatures
 from difflab.nets.layers import (
     attention_backend,
     get_attention_backend,
@@ -16,14 +27,26 @@ from difflab.nets.layers import (
     set_attention_backend,
 )
 from difflab.nets.registry import NETS, build_net
+from difflab.nets.spacetime import SpaceTimeConfig, SpaceTimeNet
 from difflab.nets.unet import UNet, UNetConfig, mnist_unet_config
 from difflab.nets.uvit import ResidualUViT, UViT, UViTConfig, cifar_uvit_config, mnist_uvit_config
 
 __all__ = [
+    "FLOP_RULES",
     "NETS",
+    "DualRateConfig",
+    "DualRateNet",
+    "EncoderFeatures",
+    "count_flops",
+    "flops_per_sample",
+    "forward_costs",
+    "measured_flops",
+    "net_flops",
     "DiffusionNet",
     "NetConfig",
     "ResidualUViT",
+    "SpaceTimeConfig",
+    "SpaceTimeNet",
     "UNet",
     "UNetConfig",
     "UViT",

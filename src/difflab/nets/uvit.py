@@ -17,7 +17,7 @@ import torch
 from einops import rearrange
 from torch import Tensor, nn
 
-from difflab.nets.base import DiffusionNet, NetConfig, UNetBody
+from difflab.nets.base import DiffusionNet, NetConfig, UNetBody, check_inputs
 from difflab.nets.layers import Downsample, PixelHead, PixelStem, TransformerBlock, Upsample
 
 UVIT_STEMS: tuple[str, ...] = ("haar", "patch")
@@ -107,6 +107,36 @@ class UViT(DiffusionNet):
             heads=(0,) * levels,
         )
         self.head = PixelHead(c.stem, c.patch_size, c.channels[0], c.in_channels)
+
+    def feature_shapes(self) -> list[tuple[int, int]]:
+        """`(channels, side)` of each map `features` returns, lowest resolution first."""
+        c, levels = self.config, len(self.config.channels)
+        top = c.resolution // c.patch_size
+        shapes = [(c.transformer_width, top // 2**levels)]
+        return shapes + [(c.channels[i], top // 2**i) for i in reversed(range(levels))]
+
+    def features(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> list[Tensor]:
+        """The last-layer features of every resolution level, lowest resolution first: the
+        transformer's normalised tokens as a `[B, width, s, s]` map, then the output of each
+        decoder level (before its upsampling), ending with the body's output at the stem's
+        resolution (`feature_shapes`). The pixel head is not run. The maps are read by forward
+        hooks, so the computation is exactly that of `forward`."""
+        u_map, u_mean = (u.to(z.dtype) for u in check_inputs(z, logsnr, labels, self.config))
+        emb = self.cond(u_mean, self.class_labels(labels, z.shape[0], z.device))
+        taps = [self.body.middle.norm] + [blocks[-1] for blocks in reversed(self.body.decoder)]
+        outputs: dict[int, Tensor] = {}
+        handles = [
+            m.register_forward_hook(lambda mod, args, out, i=i: outputs.__setitem__(i, out))
+            for i, m in enumerate(taps)
+        ]
+        try:
+            self.body(self.stem(torch.cat([z, u_map], dim=1)), emb)
+        finally:
+            for h in handles:
+                h.remove()
+        side = self.feature_shapes()[0][1]
+        tokens = rearrange(outputs[0], "b (h w) c -> b c h w", w=side).contiguous()
+        return [tokens] + [outputs[i] for i in range(1, len(taps))]
 
 
 class ResidualUViT(UViT):

@@ -17,6 +17,12 @@ from .cov_dpmpp import sample_cov_dpmpp_2m, sample_cov_dpmpp_2m_table
 from .ddim import sample_ddim, sample_ddpm
 from .defaults import DEFAULT_GRIDS, GRID_CHOICES, default_grid, describe_grid, resolve_grid
 from .dpmpp import sample_dpmpp_2m, sample_dpmpp_2m_sde, sample_dpmpp_3m
+from .dual_rate import (
+    DualRateDenoise,
+    DualRateFactory,
+    refresh_schedule,
+    sample_dual_rate_ddpm,
+)
 from .euler import sample_euler, sample_heun
 from .generate import Generation, generate
 from .grids import (
@@ -36,6 +42,8 @@ __all__ = [
     "GRID_CHOICES",
     "SAMPLERS",
     "BandBasis",
+    "DualRateDenoise",
+    "DualRateFactory",
     "Generation",
     "GridChoice",
     "SamplerSpec",
@@ -59,7 +67,9 @@ __all__ = [
     "sample_cov_dpmpp_2m_table",
     "sample_ddim",
     "sample_ddpm",
+    "refresh_schedule",
     "sample_dpmpp_2m",
+    "sample_dual_rate_ddpm",
     "sample_dpmpp_2m_sde",
     "sample_dpmpp_3m",
     "sample_euler",

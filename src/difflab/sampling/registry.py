@@ -51,6 +51,7 @@ class SamplerSpec:
     jvps: Count = _none
     stochastic: bool = False
     description: str = ""
+    parts: Callable[..., dict[str, int]] | None = None
 
     @property
     def options(self) -> tuple[str, ...]:
@@ -84,6 +85,14 @@ class SamplerSpec:
         the paper convention, about two forwards of compute)."""
         return self.nfe(steps, **options) + (jvp_cost - 1.0) * self.jvps(steps, **options)
 
+    def part_calls(self, steps: int, **options) -> dict[str, int]:
+        """Calls per sample of each separately priced part of the model
+        (`difflab.nets.cost.flops_per_sample`): `{"forward": nfe}` for a one-net sampler; the
+        dual-rate sampler: `{"encode": ..., "denoise_light": ...}`."""
+        if self.parts is None:
+            return {"forward": self.nfe(steps, **options)}
+        return self.parts(steps, **options)
+
 
 SAMPLERS: dict[str, SamplerSpec] = {}
 
@@ -109,8 +118,10 @@ def register_sampler(
     nfe: Count = _steps,
     jvps: Count = _none,
     stochastic: bool = False,
+    parts: Callable[..., dict[str, int]] | None = None,
 ):
-    """Decorator: register a sampler function under `name`, checked for finite output."""
+    """Decorator: register a sampler function under `name`, checked for finite output;
+    `parts(steps, **options)` for a sampler that calls a model's parts separately."""
 
     def wrap(fn: Callable[..., Tensor]) -> Callable[..., Tensor]:
         if name in SAMPLERS:
@@ -121,7 +132,9 @@ def register_sampler(
             return check_finite(fn(*args, **kwargs), name)
 
         doc = (fn.__doc__ or "").strip().splitlines()
-        SAMPLERS[name] = SamplerSpec(name, checked, nfe, jvps, stochastic, doc[0] if doc else "")
+        SAMPLERS[name] = SamplerSpec(
+            name, checked, nfe, jvps, stochastic, doc[0] if doc else "", parts
+        )
         return checked
 
     return wrap
