@@ -295,5 +295,11 @@ class LatentBaseNet(nn.Module):
     def spec(self) -> dict:
         return {"arch": self.arch, "config": dataclasses.asdict(self.config)}
 
+    def example_inputs(self, batch: int = 1) -> tuple[Tensor, Tensor]:
+        """Zero latents `[B, C_z, r, r]` and levels `[B]` (FLOP counting)."""
+        c, param = self.config, next(self.parameters())
+        z = param.new_zeros(batch, c.latent_channels, c.latent_resolution, c.latent_resolution)
+        return z, param.new_zeros(batch)
+
     def forward(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> Tensor:
         return self.net(z, logsnr, labels)

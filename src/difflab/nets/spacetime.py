@@ -123,6 +123,12 @@ class SpaceTimeNet(DiffusionNet):
             )
         return level.expand(b, t)
 
+    def example_inputs(self, batch: int = 1) -> tuple[Tensor, Tensor]:
+        """Zeros `z [B, T, C, R, R]` and per-frame levels `[B, T]` (FLOP counting)."""
+        c, param = self.config, next(self.parameters())
+        z = param.new_zeros(batch, c.frames, c.in_channels, c.resolution, c.resolution)
+        return z, param.new_zeros(batch, c.frames)
+
     def forward(self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None) -> Tensor:
         if labels is not None:
             raise ValueError("labels given to the spacetime net (it is unconditional)")
