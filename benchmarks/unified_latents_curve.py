@@ -70,9 +70,11 @@ def stage2_overrides(row: list[str]) -> list[str]:
     )
 
 
-def row_key(name: str, dataset: str) -> str:
-    """Results key and run folder of a row: the row name on MNIST, else `<dataset>_<row>`."""
-    return name if dataset == "mnist" else f"{dataset}_{name}"
+def row_key(name: str, dataset: str, seed: int = 0) -> str:
+    """Results key and run folder of a row: the row name on MNIST, else `<dataset>_<row>`;
+    `_s<seed>` appended for a seed other than 0."""
+    key = name if dataset == "mnist" else f"{dataset}_{name}"
+    return key if seed == 0 else f"{key}_s{seed}"
 
 
 def train_seconds(run_dir: Path, batch_size: int) -> float:
@@ -97,7 +99,7 @@ def run_row(name: str, a: argparse.Namespace) -> dict:
     from difflab.train.methods import run_training
 
     torch.set_num_threads(a.threads)
-    key = row_key(name, a.dataset)
+    key = row_key(name, a.dataset, a.seed)
     s1, s2 = RUNS / key / "stage1", RUNS / key / "stage2"
     common = [f"train.max_minutes={a.max_minutes}", "train.progress=false", f"train.seed={a.seed}"]
     cfg1 = load_config(ROOT / "configs" / f"ul_{a.dataset}.yaml",
@@ -155,7 +157,7 @@ def save_grid(name: str, a: argparse.Namespace) -> Path:
     from difflab.methods.unified_latents import reconstruct, ul_generate, ul_model
 
     torch.set_num_threads(a.threads)
-    model = api.load(RUNS / row_key(name, a.dataset) / "stage2")
+    model = api.load(RUNS / row_key(name, a.dataset, a.seed) / "stage2")
     ul = ul_model(model.net, model.config)
     x = reference_images(a.dataset, "test", 16).float() / 127.5 - 1
     gen = torch.Generator().manual_seed(a.seed)
@@ -165,7 +167,7 @@ def save_grid(name: str, a: argparse.Namespace) -> Path:
             prediction=ul.prediction, steps=a.steps, generator=gen,
         )  # fmt: skip
     samples = ul_generate(ul, num=16, steps=a.steps, seed=a.seed)
-    path = FOLDER / f"{row_key(name, a.dataset)}_grid.png"
+    path = FOLDER / f"{row_key(name, a.dataset, a.seed)}_grid.png"
     return save_image_grid(torch.cat([x, rec, samples]), path, nrow=16, scale=2)
 
 
@@ -173,17 +175,18 @@ def report_text(folder: Path = FOLDER) -> str:
     data = read_json(folder / "results.json", {})
     rows = data.get("rows", {})
     table = markdown_table(
-        ["row", "data", "decoder", "c", "l_0", "bits/pixel (bound)", "PSNR dB",
+        ["row", "seed", "data", "decoder", "c", "l_0", "bits/pixel (bound)", "PSNR dB",
          "fd-lenet (stage 2)", "stage-1 steps", "stage-2 steps", "train s (1 + 2)"],
         [
-            [r.get("row", name), r.get("dataset", "mnist"), r["decoder"], r["loss_factor"],
+            [r.get("row", name), r.get("seed", 0), r.get("dataset", "mnist"), r["decoder"],
+             r["loss_factor"],
              r.get("latent_logsnr", 5.0),
              f"{r['bits_per_pixel']:.4f} ± {r['bits_per_pixel_sem']:.4f}",
              f"{r['psnr']:.2f}", fmt_sig(r["fd_lenet"]), r["stage1_steps"], r["stage2_steps"],
              f"{r['stage1_seconds']:.0f} + {r['stage2_seconds']:.0f}"]
             for name, r in rows.items()
         ],
-        "lllllrrrrrr",
+        "llllllrrrrrr",
     )  # fmt: skip
     any_row = next(iter(rows.values()), {})
     lines = [
@@ -194,7 +197,8 @@ def report_text(folder: Path = FOLDER) -> str:
         "LeNet features, not FID) move with the decoder's loss factor `c`, and what does an MSE",
         "decoder give instead of the diffusion decoder? CPU-sized: tiny nets",
         "(configs/ul_mnist.yaml, configs/ul_mnist_base.yaml) and a few hundred steps of batch",
-        f"{any_row.get('batch_size', '?')} per stage, so these are small-scale numbers, one seed.",
+        f"{any_row.get('batch_size', '?')} per stage, so these are small-scale numbers; seeds "
+        f"{sorted({r.get('seed', 0) for r in rows.values()})} (training and sampling).",
         "",
         *table,
         "",
@@ -285,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
         print(save_grid(a.grid, a))
         grids = read_json(FOLDER / "results.json", {}).get("grids", [])
         command = command_line(argv)
-        entry = {"file": f"{row_key(a.grid, a.dataset)}_grid.png", "command": command}
+        entry = {"file": f"{row_key(a.grid, a.dataset, a.seed)}_grid.png", "command": command}
         grids = [g for g in grids if g["file"] != entry["file"]] + [entry]
         update_results(FOLDER, {"grids": grids})
         record_run(FOLDER, command)
@@ -298,13 +302,13 @@ def main(argv: list[str] | None = None) -> int:
         command = command_line(argv)
         for name in names:
             stored = read_json(FOLDER / "results.json", {}).get("rows", {})
-            if row_key(name, a.dataset) in stored:
+            if row_key(name, a.dataset, a.seed) in stored:
                 print(f"{name}: stored, skipped")
                 continue
             row = run_row(name, a)
             print(name, row, flush=True)
             data = read_json(FOLDER / "results.json", {})
-            rows = {**data.get("rows", {}), row_key(name, a.dataset): row}
+            rows = {**data.get("rows", {}), row_key(name, a.dataset, a.seed): row}
             commands = data.get("commands", [])
             commands = commands if command in commands else [*commands, command]
             update_results(FOLDER, {"rows": rows, "commands": commands})

