@@ -40,25 +40,18 @@ from common import (
 )
 
 from difflab.diffusion.parameterization import as_denoiser
+from difflab.sampling.diffusers_adapter import PEERS
 
+# the diffusers peers of the sampler benchmarks, with the same scheduler settings
 DIFFUSERS = {
-    "diffusers_ddim": (
-        "DDIMScheduler",
-        {"timestep_spacing": "trailing", "set_alpha_to_one": True},
-    ),
-    "diffusers_dpmpp_2m": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2},
-    ),
-    "diffusers_dpmpp_2m_karras": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "dpmsolver++", "solver_order": 2, "use_karras_sigmas": True},
-    ),
-    "diffusers_dpmpp_2m_sde": (
-        "DPMSolverMultistepScheduler",
-        {"algorithm_type": "sde-dpmsolver++", "solver_order": 2},
-    ),
-    "diffusers_unipc": ("UniPCMultistepScheduler", {}),
+    name: PEERS[name]
+    for name in (
+        "diffusers_ddim",
+        "diffusers_dpmpp_2m",
+        "diffusers_dpmpp_2m_karras",
+        "diffusers_dpmpp_2m_sde",
+        "diffusers_unipc",
+    )
 }
 DIFFLAB = ("ddim", "dpmpp_2m", "dpmpp_3m", "unipc", "dpmpp_2m_sde")
 K_DIFFUSION = ("k_dpmpp_2m_karras", "k_dpmpp_2m_sde")

@@ -222,15 +222,18 @@ def sample_posterior(
 # ----------------------------------------------------------------------------- categoricals
 
 
-def sample_categorical(probs: Tensor, *, generator: torch.Generator | None = None) -> Tensor:
+def sample_categorical(
+    probs: Tensor, *, generator: torch.Generator | None = None, check: bool = True
+) -> Tensor:
     """One draw per row of `probs [..., K]` (need not be normalised), by inverse CDF in float64
     (float32 Gumbel or multinomial draws measurably bias rare tokens). A zero-probability entry
-    is never drawn."""
+    is never drawn. `check=False` skips the value checks (host reads), for sampling loops that
+    check their inputs once after the loop."""
     if not isinstance(probs, Tensor) or not probs.is_floating_point() or probs.ndim < 1:
         raise ValueError("probs must be a float tensor [..., K]")
     cdf = probs.double().cumsum(-1)
     total = cdf[..., -1:]
-    if not torch.compiler.is_compiling() and probs.device.type != "meta":
+    if check and not torch.compiler.is_compiling() and probs.device.type != "meta":
         if not bool(torch.isfinite(total).all()) or bool((total <= 0).any()):
             raise FloatingPointError("probs has a row that is non-finite or sums to zero")
         if bool((probs < 0).any()):

@@ -18,8 +18,9 @@ to pass the labels; in eval mode labels are used as given.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -107,6 +108,21 @@ def check_inputs(
             raise ValueError(f"labels must have shape [B]=[{batch}], got {tuple(labels.shape)}")
     u = normalise_logsnr(level)
     return u.expand_as(z), u.mean(dim=(1, 2, 3))
+
+
+def build_from_registry(
+    registry: Mapping[str, type], name: str, config_kwargs: Mapping[str, Any], what: str = ""
+) -> nn.Module:
+    """`registry[name]` built from its config dataclass fields; an unknown name or config key is
+    a `ValueError` listing the known ones (`what` says which registry, e.g. " for a UL part")."""
+    if name not in registry:
+        raise ValueError(f"unknown net {name!r}{what}; known nets: {sorted(registry)}")
+    cls = registry[name]
+    known = [f.name for f in dataclasses.fields(cls.config_class)]
+    unknown = sorted(set(config_kwargs) - set(known))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown} for net {name!r}; known keys: {known}")
+    return cls(cls.config_class(**config_kwargs))
 
 
 class DiffusionNet(nn.Module):

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from difflab.nets.base import DiffusionNet
+from difflab.nets.base import DiffusionNet, build_from_registry
 from difflab.nets.layers import group_norm, zero_init
 from difflab.nets.unet import UNet
 from difflab.nets.uvit import ResidualUViT, UViT
@@ -41,14 +41,7 @@ PARTS: dict[str, type[DiffusionNet]] = {"uvit": UViT, "residual_uvit": ResidualU
 
 
 def _build(name: str, **kwargs) -> DiffusionNet:
-    if name not in PARTS:
-        raise ValueError(f"unknown net {name!r} for a UL part; known: {sorted(PARTS)}")
-    cls = PARTS[name]
-    known = [f.name for f in dataclasses.fields(cls.config_class)]
-    unknown = sorted(set(kwargs) - set(known))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown} for net {name!r}; known keys: {known}")
-    return cls(cls.config_class(**kwargs))
+    return build_from_registry(PARTS, name, kwargs, " for a UL part")
 
 
 def _net_kwargs(spec: dict[str, Any], what: str) -> tuple[str, dict[str, Any]]:

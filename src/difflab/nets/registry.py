@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
-
-from difflab.nets.base import DiffusionNet
+from difflab.nets.base import DiffusionNet, build_from_registry
 from difflab.nets.dual_rate import DualRateNet
 from difflab.nets.latent import LatentBaseNet, UnifiedLatentsNet
 from difflab.nets.spacetime import SpaceTimeNet
@@ -31,11 +29,4 @@ def build_net(name: str, **config_kwargs) -> DiffusionNet:
 
     Unknown names and unknown config keys are a `ValueError` that lists the known ones.
     """
-    if name not in NETS:
-        raise ValueError(f"unknown net {name!r}; known nets: {sorted(NETS)}")
-    cls = NETS[name]
-    known = [f.name for f in dataclasses.fields(cls.config_class)]
-    unknown = sorted(set(config_kwargs) - set(known))
-    if unknown:
-        raise ValueError(f"unknown config key(s) {unknown} for net {name!r}; known keys: {known}")
-    return cls(cls.config_class(**config_kwargs))
+    return build_from_registry(NETS, name, config_kwargs)
