@@ -6,10 +6,16 @@ revealed in one step independently, so its output law (computed exactly) is off 
 that shrinks with k. Students (`OracleGenerator`: the oracle's logits plus a learned correction,
 initialised at the oracle, with or without the extra Gaussian noise input) are distilled with
 D-MMD at 2/4/8 steps and judged by the KL of their sampled joint to the true joint (Monte Carlo,
-against the floor of as many exact draws) and by the unigram entropy of their samples (collapse).
+against the floor of as many exact draws), by the exact KL of their sampler's law where they have
+no noise input (then it is a computable Markov chain, also traced during training), and by the
+unigram entropy of their samples (collapse). Uniform students use hard targets (the paper's
+choice) or the step posterior (`target="posterior"`, the default); the 'check' stage repeats the
+comparison exactly on a second oracle, the 'exact' stage adds the exact KL to older rows.
 
     python benchmarks/discrete_dmmd_oracle.py --processes masked --stages teacher students report
     python benchmarks/discrete_dmmd_oracle.py --processes uniform --stages teacher students report
+    python benchmarks/discrete_dmmd_oracle.py --processes uniform --stages check --steps 8 \
+        --train-steps 750
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from common import (
     fmt_sig,
     locked_update,
     markdown_table,
+    merge_stored,
     read_json,
     record_run,
     write_report,
@@ -46,7 +53,11 @@ from difflab.methods.discrete_mmd import (
 OUT = RESULTS / "discrete" / "dmmd_oracle"
 TEACHER_STEPS = (2, 4, 8, 16, 32, 64)
 SCHEDULE = LinearMaskingSchedule()
-VARIANTS = {"masked": {"noise": 4, "no noise": 0}, "uniform": {"hard": 0, "hard + noise": 4}}
+VARIANTS = {
+    "masked": {"noise": (4, "soft"), "no noise": (0, "soft")},
+    "uniform": {"hard": (0, "hard"), "hard + noise": (4, "hard"), "posterior": (0, "posterior")},
+}
+"""Student variants per process: (extra noise width, auxiliary target)."""
 
 
 def exact_unigram(oracle: DiscreteOracle) -> torch.Tensor:
@@ -69,6 +80,14 @@ def draw(denoise, process: str, steps: int, num: int, length: int, vocab: int, s
         z = prior_sample(process, (n, length), vocab, generator=gen)
         chunks.append(sample_dmmd(denoise(gen), z, steps, SCHEDULE, process, generator=gen))
     return torch.cat(chunks)
+
+
+@torch.no_grad()
+def exact_student_kl(oracle: DiscreteOracle, process: str, net, steps: int) -> float:
+    """KL(law of a student without noise input || joint), exactly (its sampler's Markov chain)."""
+    denoise = net_denoiser(net, process, oracle.vocab_size)
+    law = oracle.sampler_distribution(process, discrete_grid(steps, SCHEDULE), denoise=denoise)
+    return oracle.kl_to(law)
 
 
 def sample_stats(oracle: DiscreteOracle, x: torch.Tensor) -> dict:
@@ -96,29 +115,101 @@ def teacher_stage(args, oracle: DiscreteOracle, process: str) -> dict:
     return {"exact_kl": exact, "sampled": mc, "data": sample_stats(oracle, data)}
 
 
+def store_row(path: Path, key: str, row: dict) -> None:
+    """Store one student row, replacing a stored row of the same key whole (a retrained
+    student's history must not merge with the old one's)."""
+
+    def merge(mine: dict, stored: dict) -> dict:
+        stored.get("students", {}).pop(key, None)
+        return merge_stored(mine, stored)
+
+    locked_update(path, {"students": {key: row}}, merge)
+
+
+def train_student(args, oracle: DiscreteOracle, process: str, noise_dim: int, target: str, k: int):
+    """A `k`-step D-MMD student of `oracle` (`fit_dmmd`), its fit (the history of a student
+    without noise input carries the exact KL of its sampler at every logged step) and seconds."""
+    torch.manual_seed(args.seed)
+    student = OracleGenerator(oracle, process, noise_dim, hidden=args.hidden)
+    aux = OracleGenerator(oracle, process, 0, hidden=args.hidden)
+    cfg = DMMDConfig(student_steps=k, noise_dim=noise_dim, target=target)
+    log_every = max(1, args.train_steps // 10)
+    exact_trace = {}
+
+    def trace(step, net):
+        if noise_dim == 0 and (step % log_every == 0 or step == args.train_steps):
+            exact_trace[step] = exact_student_kl(oracle, process, net, k)
+
+    start = time.perf_counter()
+    fit = fit_dmmd(
+        student, aux, oracle.denoiser(process), oracle_data(oracle), process,
+        oracle.vocab_size, SCHEDULE, cfg, steps=args.train_steps, batch_size=args.batch,
+        lr=args.lr, seed=args.seed, log_every=log_every, callback=trace,
+    )  # fmt: skip
+    seconds = time.perf_counter() - start
+    for entry in fit.history:
+        if entry["step"] in exact_trace:
+            entry["kl_exact"] = exact_trace[entry["step"]]
+    return student, fit, seconds
+
+
+def weights_name(key: str) -> str:
+    """The file of a student's weights in `--work-dir`, from its row key."""
+    process, variant, k = key.split("/")
+    return f"{process}_{variant.replace(' ', '').replace('+', '_')}_k{k}.safetensors"
+
+
+def exact_stage(args, oracle: DiscreteOracle, process: str) -> None:
+    """Add the exact KL to stored rows of students without noise input that lack it, from
+    their saved weights (rows trained before the exact KL was recorded)."""
+    students = read_json(Path(args.out) / RAW, {}).get("students", {})
+    for key, row in students.items():
+        path = Path(args.work_dir) / weights_name(key)
+        if row["process"] != process or row["noise_dim"] or row.get("kl_exact") is not None:
+            continue
+        if not path.exists():
+            print(f"{key}: no weights at {path}, skipped", flush=True)
+            continue
+        student = OracleGenerator(oracle, process, 0, hidden=args.hidden)
+        student.load_state_dict(safetensors.torch.load_file(str(path)))
+        kl = exact_student_kl(oracle, process, student, row["steps"])
+        print(f"{key}: exact KL {kl:.5f} (sampled {row['kl_mc']:.5f})", flush=True)
+        locked_update(Path(args.out) / RAW, {"students": {key: {"kl_exact": kl}}})
+
+
+def check_stage(args, process: str) -> None:
+    """The same question on a second oracle (`--check-oracle-seed`), exactly and without
+    sampling: the teacher's KL and that of every student without noise input, per step count."""
+    oracle = DiscreteOracle.random(args.length, args.vocab, seed=args.check_oracle_seed)
+    for k in args.steps:
+        grid = discrete_grid(k, SCHEDULE)
+        rows = {"teacher": oracle.kl_to(oracle.sampler_distribution(process, grid))}
+        for variant, (noise_dim, target) in VARIANTS[process].items():
+            if noise_dim or (args.variants and variant not in args.variants):
+                continue
+            _, fit, seconds = train_student(args, oracle, process, noise_dim, target, k)
+            rows[variant] = fit.history[-1]["kl_exact"]
+            print(f"check oracle {args.check_oracle_seed}, {process}/{variant}/{k}: exact KL "
+                  f"{rows[variant]:.5f} (teacher {rows['teacher']:.5f}, {seconds:.0f} s)",
+                  flush=True)  # fmt: skip
+        check = {"oracle_seed": args.check_oracle_seed, "train_steps": args.train_steps}
+        locked_update(Path(args.out) / RAW, {"check": {**check, process: {str(k): rows}}})
+
+
 def student_stage(args, oracle: DiscreteOracle, process: str, stored: dict) -> dict:
     rows = {}
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    for variant, noise_dim in VARIANTS[process].items():
+    for variant, (noise_dim, target) in VARIANTS[process].items():
+        if args.variants and variant not in args.variants:
+            continue
         for k in args.steps:
             key = f"{process}/{variant}/{k}"
             if key in stored and not args.retrain:
                 print(f"{key}: stored, skipped", flush=True)
                 continue
-            torch.manual_seed(args.seed)
-            student = OracleGenerator(oracle, process, noise_dim, hidden=args.hidden)
-            aux = OracleGenerator(oracle, process, 0, hidden=args.hidden)
-            cfg = DMMDConfig(student_steps=k, noise_dim=noise_dim)
-            start = time.perf_counter()
-            fit = fit_dmmd(
-                student, aux, oracle.denoiser(process), oracle_data(oracle), process,
-                oracle.vocab_size, SCHEDULE, cfg, steps=args.train_steps, batch_size=args.batch,
-                lr=args.lr, seed=args.seed, log_every=max(1, args.train_steps // 10),
-            )  # fmt: skip
-            seconds = time.perf_counter() - start
-            name = f"{process}_{variant.replace(' ', '').replace('+', '_')}_k{k}.safetensors"
-            safetensors.torch.save_file(student.state_dict(), str(work / name))
+            student, fit, seconds = train_student(args, oracle, process, noise_dim, target, k)
+            safetensors.torch.save_file(student.state_dict(), str(work / weights_name(key)))
 
             def denoise(gen, net=student, d=noise_dim):
                 return net_denoiser(net, process, oracle.vocab_size, noise_dim=d, generator=gen)
@@ -127,14 +218,15 @@ def student_stage(args, oracle: DiscreteOracle, process: str, stored: dict) -> d
                      args.sample_seed)  # fmt: skip
             row = {
                 "process": process, "variant": variant, "noise_dim": noise_dim, "steps": k,
-                "target": "soft" if process == "masked" else "hard",
-                **sample_stats(oracle, x), "train_seconds": round(seconds, 1),
+                "target": target, **sample_stats(oracle, x),
+                "kl_exact": fit.history[-1].get("kl_exact"), "train_seconds": round(seconds, 1),
                 "history": fit.history,
             }  # fmt: skip
-            print(f"{key}: KL {row['kl_mc']:.5f}, unigram H {row['unigram_entropy']:.4f} "
+            print(f"{key}: KL {row['kl_mc']:.5f} (exact {row['kl_exact']}), "
+                  f"unigram H {row['unigram_entropy']:.4f} "
                   f"({seconds:.0f} s)", flush=True)  # fmt: skip
             rows[key] = row
-            locked_update(Path(args.out) / RAW, {"students": {key: row}})
+            store_row(Path(args.out) / RAW, key, row)
     return rows
 
 
@@ -191,6 +283,7 @@ def report_text(folder: Path) -> str:
             "",
         ]
         lines += findings(process, teacher, students, cfg)
+    lines += check_section(data)
     lines += [
         "## Commands",
         "",
@@ -201,6 +294,49 @@ def report_text(folder: Path) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def check_section(data: dict) -> list[str]:
+    """The second oracle's exact KLs (the 'check' stage), if run."""
+    check, cfg = data.get("check"), data["config"]
+    if not check:
+        return []
+    lines = [
+        "## A second oracle",
+        "",
+        f"`DiscreteOracle.random({cfg['length']}, {cfg['vocab']}, seed={check['oracle_seed']})`, "
+        f"students without noise input, {check['train_steps']} generator updates, otherwise as "
+        "above; every KL is exact (the law of the sampler's Markov chain, no sampling).",
+        "",
+    ]
+    for process in [p for p in VARIANTS if p in check]:
+        variants = [v for v, (noise, _) in VARIANTS[process].items() if noise == 0]
+        rows = [
+            [process, k, fmt_sig(row["teacher"])]
+            + [fmt_sig(row[v]) if v in row else "-" for v in variants]
+            for k, row in sorted(check[process].items(), key=lambda item: int(item[0]))
+        ]
+        header = ["process", "steps", "teacher KL"] + [f"student, {v}" for v in variants]
+        lines += markdown_table(header, rows, "lr" + "r" * (len(header) - 2)) + [""]
+    return lines
+
+
+def exact_findings(process: str, teacher: dict, students: dict, cfg: dict) -> list[str]:
+    """The exact KL of the students without noise input (their laws are computable)."""
+    out = []
+    for k in cfg["steps"]:
+        found = {
+            v: s["kl_exact"]
+            for v in VARIANTS[process]
+            if (s := students.get(f"{process}/{v}/{k}")) and s.get("kl_exact") is not None
+        }
+        if found:
+            words = ", ".join(f"{v} {fmt_sig(value)}" for v, value in found.items())
+            out.append(
+                f"- Exact KL at {k} steps of the students without noise input: {words} "
+                f"(teacher {fmt_sig(teacher['exact_kl'][str(k)])})."
+            )
+    return out
 
 
 def findings(process: str, teacher: dict, students: dict, cfg: dict) -> list[str]:
@@ -239,7 +375,7 @@ def findings(process: str, teacher: dict, students: dict, cfg: dict) -> list[str
             f"- Unigram entropy of every {process} student is within {100 * worst:.2f}% of the "
             "data's draws (no collapse)."
         )
-    return out + [""]
+    return out + exact_findings(process, teacher, students, cfg) + [""]
 
 
 def main(argv=None) -> int:
@@ -247,11 +383,12 @@ def main(argv=None) -> int:
     p.add_argument("--processes", nargs="+", default=["masked", "uniform"],
                    choices=["masked", "uniform"])  # fmt: skip
     p.add_argument("--stages", nargs="+", default=["teacher", "students", "report"],
-                   choices=["teacher", "students", "report"])  # fmt: skip
+                   choices=["teacher", "students", "exact", "check", "report"])  # fmt: skip
     p.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8])
     p.add_argument("--length", type=int, default=6)
     p.add_argument("--vocab", type=int, default=3)
     p.add_argument("--oracle-seed", type=int, default=0)
+    p.add_argument("--check-oracle-seed", type=int, default=1, help="the 'check' stage's oracle")
     p.add_argument("--samples", type=int, default=400_000)
     p.add_argument("--sample-seed", type=int, default=1)
     p.add_argument("--train-steps", type=int, default=1500)
@@ -260,6 +397,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--retrain", action="store_true", help="retrain students already stored")
+    p.add_argument("--variants", nargs="+", default=None, help="student variants (default: all)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--work-dir", default="runs/dmmd_oracle", help="student weights")
     p.add_argument("--out", default=str(OUT))
@@ -271,19 +409,24 @@ def main(argv=None) -> int:
         "length": args.length, "vocab": args.vocab, "oracle_seed": args.oracle_seed,
         "entropy": oracle.entropy(), "samples": args.samples, "sample_seed": args.sample_seed,
         "train_steps": args.train_steps, "batch": args.batch, "hidden": args.hidden,
-        "lr": args.lr, "seed": args.seed, "steps": args.steps,
+        "lr": args.lr, "seed": args.seed, "steps": sorted(set(args.steps)),
         "unigram_entropy": entropy(exact_unigram(oracle)),
     }  # fmt: skip
     command = command_line(argv)
     stored = read_json(out / RAW, {})
     commands = [c for c in stored.get("commands", []) if c != command] + [command]
-    locked_update(out / RAW, {"config": config, "commands": commands})
+    main_oracle = {"teacher", "students"} & set(args.stages)  # the config describes its runs
+    locked_update(out / RAW, {**({"config": config} if main_oracle else {}), "commands": commands})
     record_run(out, command)  # first: a run stopped by its time limit keeps its stored rows
     for process in args.processes:
         if "teacher" in args.stages:
             locked_update(out / RAW, {"teacher": {process: teacher_stage(args, oracle, process)}})
         if "students" in args.stages:
             student_stage(args, oracle, process, read_json(out / RAW, {}).get("students", {}))
+        if "exact" in args.stages:
+            exact_stage(args, oracle, process)
+        if "check" in args.stages:
+            check_stage(args, process)
     if "report" in args.stages:
         write_report(out, report_text(out))
     return 0

@@ -259,7 +259,8 @@ def final_model(args, folder: Path) -> int:
     from difflab.nets.cost import count_parameters
     from difflab.train.checkpoint import export_model, resolve_checkpoint
 
-    model = load(args.final, device=args.device)
+    ema = True if args.ema is None else args.ema
+    model = load(args.final, ema=ema, device=args.device)
     fd = lenet_scorer(args.dataset, args.device)
     real = reference_images(args.dataset, "train", args.num).float() / 127.5 - 1
     floor = {"fd_lenet": fd(real), "haze": haze_share(real), "num": len(real)}
@@ -290,19 +291,21 @@ def final_model(args, folder: Path) -> int:
     record = {
         "run": str(args.final),
         "step": ckpt.step,
+        "ema": ema if ema is not True else cfg.optim.ema_decays[0],
         "images_seen": ckpt.step * cfg.data.batch_size,
         "num": args.num,
         "rows": rows,
         "real": floor,
         "machine": args.machine_name,
+        "title": args.title,
         **model_elbo(model, dataset=args.dataset, split="test", num=args.elbo_num),
     }
     if args.export:
-        out = export_model(args.final, args.export)
+        out = export_model(args.final, args.export, ema=ema)
         record["export"] = {"file": out.name, "bytes": out.stat().st_size}
         provenance = {
             "file": out.name,
-            "what": f"EMA weights of a class-conditional {cfg.model.name} "
+            "what": f"EMA (decay {record['ema']}) weights of a class-conditional {cfg.model.name} "
             f"({count_parameters(model.net) / 1e6:.2f}M parameters), "
             f"{cfg.diffusion.prediction}-prediction, {cfg.diffusion.schedule} "
             f"schedule, {cfg.diffusion.weighting} weighting {cfg.diffusion.weighting_kwargs}; "
@@ -385,7 +388,8 @@ def final_section(final: dict | None) -> list[str]:
     lines = ["", f"## Final model: `{final['run']}` (step {final['step']}, "
              f"{final['images_seen']} images, {final['machine']})", "",
              f"{final['num']} samples per cell; ELBO {fmt_sig(final['elbo_bits_per_dim'])} "
-             "bits/dim.", ""]  # fmt: skip
+             "bits/dim" + (f"; EMA decay {final['ema']}" if "ema" in final else "") + ".",
+             ""]  # fmt: skip
     for metric in metrics:
         table = [[name] + [fmt_sig(rows[f"{name}/{n}"][metric]) if f"{name}/{n}" in rows else "-"
                            for n in nfes] for name in samplers]  # fmt: skip
@@ -398,9 +402,46 @@ def final_section(final: dict | None) -> list[str]:
     return lines
 
 
+FID_FILE = "fid10k.json"
+"""`difflab eval --out` records of a final model at 10k samples (Inception FID), if any."""
+
+
+def fid_section(folder: Path) -> list[str]:
+    """The `difflab eval` records in `folder/fid10k.json` as a table (sampler, NFE, FID, ...)."""
+    records = read_json(folder / FID_FILE, [])
+    if not records:
+        return []
+    head = ["sampler", "NFE", "samples", "FID", "fd-lenet", "precision (LeNet)", "recall (LeNet)",
+            "haze", "sampling s", "feature s"]  # fmt: skip
+    table = [[f"`{r['sampler']}`", r["nfe"], r["num"], fmt_sig(r.get("fid")),
+              fmt_sig(r.get("fd-lenet")), fmt_sig(r.get("pr-lenet_precision")),
+              fmt_sig(r.get("pr-lenet_recall")), fmt_sig(r.get("haze")),
+              fmt_sig(r.get("sampling_seconds")), fmt_sig(r.get("feature_seconds"))]
+             for r in records]  # fmt: skip
+    return [
+        "",
+        f"## Inception FID against the 10k {records[0]['reference']} images "
+        f"(`{FID_FILE}`, `difflab eval`)",
+        "",
+        *markdown_table(head, table, "llrrrrrrrr"),
+    ]
+
+
+def final_report(folder: Path, data: dict) -> str:
+    """A folder holding only a final model (`--final`): its tables, the 10k FID, the notes."""
+    final = data["final"]
+    lines = [f"# {final.get('title') or 'Final recipe model: ' + folder.name}", ""]
+    for note in final.get("notes", []):
+        lines += [note, ""]
+    lines += final_section(final)[1:] + fid_section(folder)
+    return "\n".join([*lines, ""])
+
+
 def report_text(folder: str | Path) -> str:
     data = read_json(Path(folder) / RAW, {})
     setup, rows = data.get("setup", {}), data.get("rows", {})
+    if not setup and not rows and "final" in data:
+        return final_report(Path(folder), data)
     summary = summarize(rows)
     lines = [f"# Recipe ablation: {setup.get('title', Path(folder).name)}", ""]
     for note in setup.get("notes", []):
@@ -484,6 +525,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--export", default=None, help="with --final: the .safetensors to write")
     p.add_argument("--final-command", default="", help="with --final: how the run was trained")
     p.add_argument("--final-wall", type=float, default=0.0, help="its training wall seconds")
+    p.add_argument("--ema", type=float, default=None, help="with --final: the EMA decay scored "
+                   "and exported (default: the run's first)")  # fmt: skip
     args = p.parse_args(argv)
     if args.report:
         write_report(args.report, report_text(args.report))
@@ -507,7 +550,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.fid_only:
         return fid_only(args, folder, data.get("rows", {}))
     if args.final:
-        return final_model(args, folder)
+        code = final_model(args, folder)
+        record_run(folder, command_line(argv, "recipe.py"), args.device)
+        return code
     setup = {
         "title": args.title or data.get("setup", {}).get("title") or folder.name,
         "config": args.config,

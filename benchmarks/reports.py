@@ -38,6 +38,8 @@ RENDERERS = {
     "train_throughput": "train_throughput",
     "unified_latents": "unified_latents_curve",
     "recipe/mnist_pilot": "recipe",
+    "recipe/mnist_final": "recipe",
+    "recipe/guidance": "recipe_guidance",
     "dual_rate": "dual_rate_frontier",
     "discrete/dmmd_oracle": "discrete_dmmd_oracle",
     "discrete/dmmd_text": "discrete_dmmd_text",

@@ -1,7 +1,8 @@
 """Unified Latents on MNIST (and Fashion-MNIST): bits, PSNR and fd-lenet against the loss factor.
 
 How do bits per pixel (the bound), reconstruction PSNR and stage-2 generation (fd-lenet) move
-with the loss factor `c`, and how does an MSE decoder compare?
+with the loss factor `c`, and how do the baselines compare at matched bits (an MSE decoder, a
+plain Gaussian prior, a KL-autoencoder)?
 
 Each row trains stage 1 (`configs/ul_mnist.yaml` plus the row's overrides) and stage 2
 (`configs/ul_mnist_base.yaml` on the frozen stage-1 latents) for fixed step counts, then measures
@@ -56,13 +57,51 @@ ROWS: dict[str, list[str]] = {
         "method.kwargs.mse_logsnr=0.0",
     ],
     "l10_c2.5": ["method.kwargs.loss_factor=2.5", "method.kwargs.latent_logsnr=10.0"],
+    "gauss_c4.0": ["method.kwargs.loss_factor=4.0"],
+    "klae_c2.5_b1": ["method.kwargs.loss_factor=2.5", "method.kwargs.rate_weight=1.0"],
+    "lvar_c4.0": ["model.kwargs.encoder_variance=learned", "method.kwargs.loss_factor=4.0"],
 }
-"""Row name -> stage-1 overrides of configs/ul_mnist.yaml."""
+"""Row name -> stage-1 overrides of its config (`ROW_CONFIGS`, else configs/ul_<dataset>.yaml)."""
+ROW_CONFIGS: dict[str, str] = {
+    "gauss_c4.0": "ul_{dataset}_gaussian_prior",
+    "klae_c2.5_b1": "ul_{dataset}_klae",
+}
+"""Rows on another stage-1 recipe: baseline (c), a plain Gaussian prior; baseline (a), the
+KL-autoencoder (their priors replace the recipe's prior dict, which an override cannot)."""
+KLAE_BASE_TOP = 10.0
+"""The KL-autoencoder's base schedule ends at logsnr 10: it models the drawn `z_0` itself."""
 
 
-def stage2_overrides(row: list[str]) -> list[str]:
-    """A row that moves the latent's level moves the end of the base schedule with it."""
+def prior_kind(arch: str) -> str:
+    return arch if arch in ("gaussian", "standard_normal") else "diffusion"
+
+
+def latent_label(r: dict) -> str:
+    """`<encoder noise> + <prior>` (and beta when not 1) of a row; old rows are UL's."""
+    prior = {"standard_normal": "N(0, I)"}.get(r.get("prior", ""), r.get("prior", "diffusion"))
+    beta = r.get("rate_weight", 1.0)
+    return f"{r.get('encoder_variance', 'fixed')} + {prior}" + (
+        f", β {beta:g}" if beta != 1 else ""
+    )
+
+
+def uses_l0(r: dict) -> bool:
+    """`l_0` is the fixed noise level, or a diffusion prior's top level; a KL-autoencoder has
+    neither."""
+    return r.get("encoder_variance", "fixed") == "fixed" or r.get("prior") == "diffusion"
+
+
+def stage1_config(name: str, dataset: str) -> Path:
+    stem = ROW_CONFIGS.get(name, "ul_{dataset}").format(dataset=dataset)
+    return ROOT / "configs" / f"{stem}.yaml"
+
+
+def stage2_overrides(row: list[str], learned_variance: bool = False) -> list[str]:
+    """A row that moves the latent's level moves the end of the base schedule with it; a
+    learned-variance encoder's base ends at `KLAE_BASE_TOP`."""
     level = [o.split("=")[1] for o in row if o.startswith("method.kwargs.latent_logsnr=")]
+    if learned_variance:
+        level = [str(KLAE_BASE_TOP)]
     return (
         [f"diffusion.schedule_kwargs={{logsnr_min: -15.0, logsnr_max: {level[0]}}}"]
         if level
@@ -90,6 +129,57 @@ def train_seconds(run_dir: Path, batch_size: int) -> float:
     return total
 
 
+def run_stage1_row(name: str, a: argparse.Namespace) -> dict:
+    """Stage 1 only (no base model, no fd-lenet): bits and PSNR as in `run_row`, and for a
+    learned-variance encoder the spread of its standard deviations on the same test images
+    (the paper's collapse case: do they go to zero?)."""
+    import math
+
+    import torch
+
+    import difflab.methods  # noqa: F401  (registers the training methods)
+    from difflab import api
+    from difflab.config import load_config
+    from difflab.eval.reference import reference_images
+    from difflab.methods.unified_latents import stage1_metrics, ul_model
+    from difflab.train.methods import run_training
+
+    torch.set_num_threads(a.threads)
+    s1 = RUNS / row_key(name, a.dataset, a.seed) / "stage1"
+    common = [f"train.max_minutes={a.max_minutes}", "train.progress=false", f"train.seed={a.seed}"]
+    cfg1 = load_config(stage1_config(name, a.dataset),
+                       [*ROWS[name], f"train.out_dir={s1}", f"train.steps={a.stage1_steps}",
+                        *common])  # fmt: skip
+    run_training(cfg1, resume=True)
+    ul = ul_model(api.load(s1).net, cfg1)
+    x = reference_images(a.dataset, "test", a.eval_num).float() / 127.5 - 1
+    record = stage1_metrics(ul.stage1, ul.options, x, image_schedule=ul.image_schedule,
+                            prediction=ul.prediction, steps=a.steps, seed=a.seed)  # fmt: skip
+    row = {
+        "dataset": a.dataset, "row": name, "overrides": ROWS[name],
+        "config": stage1_config(name, a.dataset).relative_to(ROOT).as_posix(),
+        "encoder_variance": cfg1.model.kwargs.get("encoder_variance", "fixed"),
+        "prior": prior_kind(cfg1.model.kwargs["prior"]["arch"]),
+        "decoder": cfg1.method.kwargs.get("decoder", "diffusion"),
+        "loss_factor": float(cfg1.method.kwargs["loss_factor"]),
+        "latent_logsnr": cfg1.method.kwargs.get("latent_logsnr", 5.0),
+        "stage1_steps": a.stage1_steps,
+        "stage1_seconds": round(train_seconds(s1, cfg1.data.batch_size), 1),
+        "bits_per_pixel": record["bits_per_pixel"],
+        "bits_per_pixel_sem": record["bits_per_pixel_sem"],
+        "psnr": record["psnr"], "eval_num": record["num_images"], "seed": a.seed,
+    }  # fmt: skip
+    with torch.inference_mode():
+        _, logvar = ul.stage1.encode_stats(x)
+    if logvar is not None:  # per-dimension mean standard deviation over the test images
+        std = (0.5 * logvar).exp().mean(0).flatten()
+        row["encoder_std"] = {
+            "min": float(std.min()), "median": float(std.median()), "max": float(std.max()),
+            "below_fixed_level": float((std < math.sqrt(1 / (1 + math.exp(5.0)))).float().mean()),
+        }  # fmt: skip
+    return row
+
+
 def run_row(name: str, a: argparse.Namespace) -> dict:
     import torch
 
@@ -102,13 +192,14 @@ def run_row(name: str, a: argparse.Namespace) -> dict:
     key = row_key(name, a.dataset, a.seed)
     s1, s2 = RUNS / key / "stage1", RUNS / key / "stage2"
     common = [f"train.max_minutes={a.max_minutes}", "train.progress=false", f"train.seed={a.seed}"]
-    cfg1 = load_config(ROOT / "configs" / f"ul_{a.dataset}.yaml",
+    cfg1 = load_config(stage1_config(name, a.dataset),
                        [*ROWS[name], f"train.out_dir={s1}", f"train.steps={a.stage1_steps}",
                         *common])  # fmt: skip
     run_training(cfg1, resume=True)
+    learned = cfg1.model.kwargs.get("encoder_variance", "fixed") == "learned"
     cfg2 = load_config(ROOT / "configs" / f"ul_{a.dataset}_base.yaml",
                        [f"method.kwargs.stage1={s1}", f"train.out_dir={s2}",
-                        f"train.steps={a.stage2_steps}", *stage2_overrides(ROWS[name]),
+                        f"train.steps={a.stage2_steps}", *stage2_overrides(ROWS[name], learned),
                         *common])  # fmt: skip
     run_training(cfg2, resume=True)
     from difflab.train import newest_valid_checkpoint
@@ -125,9 +216,13 @@ def run_row(name: str, a: argparse.Namespace) -> dict:
         "dataset": a.dataset,
         "row": name,
         "overrides": ROWS[name],
-        "decoder": "mse" if "method.kwargs.decoder=mse" in ROWS[name] else "diffusion",
+        "config": stage1_config(name, a.dataset).relative_to(ROOT).as_posix(),
+        "decoder": cfg1.method.kwargs.get("decoder", "diffusion"),
+        "prior": prior_kind(cfg1.model.kwargs["prior"]["arch"]),
+        "encoder_variance": "learned" if learned else "fixed",
+        "rate_weight": float(cfg1.method.kwargs.get("rate_weight", 1.0)),
         "latent_logsnr": cfg1.method.kwargs.get("latent_logsnr", 5.0),
-        "loss_factor": float(next(o for o in ROWS[name] if "loss_factor" in o).split("=")[1]),
+        "loss_factor": float(cfg1.method.kwargs["loss_factor"]),
         "stage1_steps": steps1,
         "stage2_steps": steps2,
         "batch_size": cfg1.data.batch_size,
@@ -175,18 +270,20 @@ def report_text(folder: Path = FOLDER) -> str:
     data = read_json(folder / "results.json", {})
     rows = data.get("rows", {})
     table = markdown_table(
-        ["row", "seed", "data", "decoder", "c", "l_0", "bits/pixel (bound)", "PSNR dB",
+        ["row", "seed", "data", "latent noise + prior", "decoder", "c", "l_0",
+         "bits/pixel (bound)", "PSNR dB",
          "fd-lenet (stage 2)", "stage-1 steps", "stage-2 steps", "train s (1 + 2)"],
         [
-            [r.get("row", name), r.get("seed", 0), r.get("dataset", "mnist"), r["decoder"],
+            [r.get("row", name), r.get("seed", 0), r.get("dataset", "mnist"), latent_label(r),
+             r["decoder"],
              r["loss_factor"],
-             r.get("latent_logsnr", 5.0),
+             uses_l0(r) and r.get("latent_logsnr", 5.0) or "-",
              f"{r['bits_per_pixel']:.4f} ± {r['bits_per_pixel_sem']:.4f}",
              f"{r['psnr']:.2f}", fmt_sig(r["fd_lenet"]), r["stage1_steps"], r["stage2_steps"],
              f"{r['stage1_seconds']:.0f} + {r['stage2_seconds']:.0f}"]
             for name, r in rows.items()
         ],
-        "llllllrrrrrr",
+        "lllllllrrrrrr",
     )  # fmt: skip
     any_row = next(iter(rows.values()), {})
     lines = [
@@ -194,8 +291,12 @@ def report_text(folder: Path = FOLDER) -> str:
         "",
         "Question: how do the latent bitrate (the prior's ELBO bound, bits per pixel), the",
         "reconstruction PSNR and stage-2 generation (fd-lenet: a Frechet distance in difflab's",
-        "LeNet features, not FID) move with the decoder's loss factor `c`, and what does an MSE",
-        "decoder give instead of the diffusion decoder? CPU-sized: tiny nets",
+        "LeNet features, not FID) move with the decoder's loss factor `c`, and what do the",
+        "baselines give at matched bits: an MSE decoder instead of the diffusion decoder, a plain",
+        "Gaussian prior instead of the diffusion prior (`fixed + gaussian`,",
+        "configs/ul_mnist_gaussian_prior.yaml) and a KL-autoencoder with an MSE decoder",
+        "(`learned + N(0, I)`, configs/ul_mnist_klae.yaml)? Column `latent noise + prior`: the",
+        "encoder's noise (fixed at `l_0`, or learned) and the prior. CPU-sized: tiny nets",
         "(configs/ul_mnist.yaml, configs/ul_mnist_base.yaml) and a few hundred steps of batch",
         f"{any_row.get('batch_size', '?')} per stage, so these are small-scale numbers; seeds "
         f"{sorted({r.get('seed', 0) for r in rows.values()})} (training and sampling).",
@@ -204,13 +305,41 @@ def report_text(folder: Path = FOLDER) -> str:
         "",
         f"Bits and PSNR on the first {any_row.get('eval_num', '?')} MNIST test images (PSNR of "
         f"one DDIM reconstruction with {any_row.get('sampling_steps', '?')} steps from a fresh "
-        "latent noise draw; bits: the bound with 16 stratified logsnr draws per image, ± its "
-        f"standard error); fd-lenet of {any_row.get('gen_num', '?')} stage-2 samples (DDIM, "
+        "latent noise draw; bits: the bound with 16 stratified logsnr draws per image, or the "
+        "exact KL of a Gaussian prior, ± the standard error of the mean over images); "
+        f"fd-lenet of {any_row.get('gen_num', '?')} stage-2 samples (DDIM, "
         f"{any_row.get('sampling_steps', '?')} steps for the latents and as many for the "
         "pixels) against the test split. Training seconds: images over the logged images/s on "
         f"the shared CPU ({any_row.get('threads', '?')} thread), startup and checkpoints excluded.",
         "",
     ]
+    stage1_rows = data.get("stage1_rows", {})
+    if stage1_rows:
+        lines += [
+            "## Stage 1 only",
+            "",
+            "Rows trained and measured without a base model (bits and PSNR as above); for a",
+            "learned-variance encoder, the per-dimension mean of its standard deviation over the",
+            "same test images (min / median / max) and the share of dimensions below the fixed",
+            "level's `sigma_0 = 0.082`.",
+            "",
+            *markdown_table(
+                ["row", "seed", "latent noise + prior", "decoder", "c", "bits/pixel (bound)",
+                 "PSNR dB", "encoder std min / median / max", "below sigma_0", "stage-1 s"],
+                [
+                    [r["row"], r["seed"], latent_label(r), r["decoder"], r["loss_factor"],
+                     f"{r['bits_per_pixel']:.4f} ± {r['bits_per_pixel_sem']:.4f}",
+                     f"{r['psnr']:.2f}",
+                     " / ".join(f"{r['encoder_std'][k]:.3g}" for k in ("min", "median", "max"))
+                     if "encoder_std" in r else "-",
+                     f"{r['encoder_std']['below_fixed_level']:.0%}" if "encoder_std" in r else "-",
+                     f"{r['stage1_seconds']:.0f}"]
+                    for r in stage1_rows.values()
+                ],
+                "lllllrrrrr",
+            ),
+            "",
+        ]  # fmt: skip
     oracle = data.get("oracle")
     if oracle:
         lines += [
@@ -284,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--render", action="store_true", help="only re-render README.md")
     p.add_argument("--grid", default=None, help="write <row>_grid.png for this trained row")
+    p.add_argument("--stage1-only", action="store_true",
+                   help="train and measure stage 1 only (bits, PSNR, encoder std)")  # fmt: skip
     a = p.parse_args(argv)
     if a.grid:
         print(save_grid(a.grid, a))
@@ -300,18 +431,19 @@ def main(argv: list[str] | None = None) -> int:
         if unknown:
             p.error(f"--rows: unknown {unknown}; known: {list(ROWS)}")
         command = command_line(argv)
+        section = "stage1_rows" if a.stage1_only else "rows"
         for name in names:
-            stored = read_json(FOLDER / "results.json", {}).get("rows", {})
+            stored = read_json(FOLDER / "results.json", {}).get(section, {})
             if row_key(name, a.dataset, a.seed) in stored:
                 print(f"{name}: stored, skipped")
                 continue
-            row = run_row(name, a)
+            row = run_stage1_row(name, a) if a.stage1_only else run_row(name, a)
             print(name, row, flush=True)
             data = read_json(FOLDER / "results.json", {})
-            rows = {**data.get("rows", {}), row_key(name, a.dataset, a.seed): row}
+            rows = {**data.get(section, {}), row_key(name, a.dataset, a.seed): row}
             commands = data.get("commands", [])
             commands = commands if command in commands else [*commands, command]
-            update_results(FOLDER, {"rows": rows, "commands": commands})
+            update_results(FOLDER, {section: rows, "commands": commands})
             record_run(FOLDER, command)
     write_report(FOLDER, report_text(FOLDER))
     return 0

@@ -6,6 +6,7 @@ token transformers, and a tiny `difflab train` + `difflab sample` run."""
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import pytest
 import torch
@@ -34,6 +35,7 @@ from difflab.discrete import (
     sample_masked,
     sample_uniform,
     sampler_error,
+    step_x_posterior,
     uniform_nelbo,
 )
 
@@ -134,6 +136,37 @@ def test_posteriors_sum_to_one_for_random_inputs():
     for post in (posterior_masked(z_m, probs, lt, ls), posterior_uniform(z_u, probs, lt, ls)):
         assert bool((post >= 0).all())
         torch.testing.assert_close(post.sum(-1), torch.ones(64, 7, dtype=torch.float64))
+
+
+@pytest.mark.parametrize("process", ["masked", "uniform"])
+def test_step_x_posterior_is_bayes_over_the_draw(process):
+    """`p(x_i | z_t, z_s)` for `x_i ~ probs`, `z_s ~ q(z_s | z_t, x)`: Bayes' rule over the
+    one-hot posteriors, enumerated; its mean over `z_s` given `z_t` is `probs`."""
+    probs = torch.tensor([0.6, 0.1, 0.3], dtype=torch.float64)
+    states = V + 1 if process == "masked" else V
+    post = posterior_masked if process == "masked" else posterior_uniform
+    for lt, ls in [(-math.inf, -1.0), (-0.5, 2.0), (1.0, 1.5), (0.3, math.inf)]:
+        for z_t in range(states):
+            zt = torch.tensor([z_t])
+            lik = torch.stack(  # q(z_s | z_t, x = k), [V(k), states(z_s)]
+                [post(zt, F.one_hot(torch.tensor([k]), V).double(), lt, ls)[0] for k in range(V)]
+            )
+            joint = probs[:, None] * lik  # p(x = k, z_s)
+            mean = torch.zeros(V, dtype=torch.float64)
+            for z_s in range(states):
+                if joint[:, z_s].sum() == 0:
+                    continue
+                got = step_x_posterior(process, zt, torch.tensor([z_s]), probs[None], lt, ls)[0]
+                want = joint[:, z_s] / joint[:, z_s].sum()
+                torch.testing.assert_close(got, want, atol=1e-12, rtol=0)
+                mean += joint[:, z_s].sum() * got
+            torch.testing.assert_close(mean, probs, atol=1e-12, rtol=0)
+    with pytest.raises(ValueError, match=r"z_s must have the shape of z_t \[1, 2\]"):
+        z_t, z_s = torch.zeros(1, 2, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long)
+        step_x_posterior(process, z_t, z_s, torch.ones(1, 2, V) / V, 0.0, 1.0)
+    with pytest.raises(ValueError, match=r"z_s has token values in \[5, 5\]"):
+        step_x_posterior(process, torch.zeros(1, 1, dtype=torch.long), torch.tensor([[5]]),
+                         torch.ones(1, 1, V) / V, 0.0, 1.0)  # fmt: skip
 
 
 def test_marginals_match_the_forward_draws():
@@ -331,6 +364,91 @@ def test_exact_chain_agrees_with_a_net_denoiser_shape_contract(small):
 
     law = exact_sampler_distribution(flat, "masked", 4, V, discrete_grid(3))
     torch.testing.assert_close(law, const[small.sequences].prod(-1), atol=1e-12, rtol=0)
+
+
+HOST_READS = ("item", "tolist", "__bool__", "__int__", "__float__", "__index__")
+
+
+@contextmanager
+def counting_host_reads():
+    """Counts every Python-level read of a tensor's value (`.item()`, `bool(t)`, `int(t)`, ...):
+    each is a device synchronisation on a GPU."""
+    count = {"n": 0}
+
+    def counted(fn):
+        def wrapper(self, *args, **kwargs):
+            count["n"] += 1
+            return fn(self, *args, **kwargs)
+
+        return wrapper
+
+    with pytest.MonkeyPatch.context() as mp:
+        for name in HOST_READS:
+            mp.setattr(torch.Tensor, name, counted(getattr(torch.Tensor, name)))
+        yield count
+
+
+def _linear_denoiser(vocab: int, length: int, process: str):
+    """A denoiser without host reads of its own: fixed logits from the one-hot state."""
+    weight = torch.randn(vocab + 1, length, vocab, generator=gen(21))
+
+    def logits(z, level):
+        onehot = F.one_hot(z, vocab + 1).float()
+        return (
+            torch.einsum("blv,vlk->blk", onehot, weight).cumsum(1)
+            + level.clamp(-4, 4)[:, None, None]
+        )
+
+    return denoiser_from_logits(logits, vocab, process)
+
+
+@pytest.mark.parametrize("process", ["masked", "uniform"])
+def test_sampler_steps_read_nothing_back_to_the_host(process):
+    """The steps of `sample_masked` / `sample_uniform` never read a tensor value on the host:
+    the count of reads is the same after every step (the checks run once, at the first step
+    and after the loop), and the total does not grow with the number of steps."""
+    sampler = sample_masked if process == "masked" else sample_uniform
+    denoise = _linear_denoiser(5, 7, process)
+    totals = []
+    for steps in (2, 9):
+        z = prior_sample(process, (4, 7), 5, generator=gen(22))
+        seen: list[int] = []
+        with counting_host_reads() as count:
+
+            def after_step(info, seen=seen, count=count):
+                seen.append(count["n"])
+
+            out = sampler(denoise, z, discrete_grid(steps), generator=gen(23), temperature=0.9,
+                          top_p=0.8, callback=after_step)  # fmt: skip
+            totals.append(count["n"])
+        assert len(seen) == steps and len(set(seen)) == 1, seen
+        assert out.min() >= 0 and out.max() < 5
+    assert totals[0] == totals[1], totals
+    with counting_host_reads() as count:  # the unchecked posterior itself reads nothing
+        post = posterior_masked if process == "masked" else posterior_uniform
+        post(z, torch.ones(4, 7, 5) / 5, torch.zeros(4), torch.ones(4), check=False)
+    assert count["n"] == 0
+
+
+def test_masked_sampler_matches_a_step_by_step_reference_draw():
+    """`sample_masked` against an independent plain loop of the same draws (inverse CDF on
+    `[(1 - stay) p, stay]` per masked token, one uniform per token and step, in float64): the
+    same generator gives the same tokens."""
+    vocab, length = 4, 6
+    denoise = _linear_denoiser(vocab, length, "masked")
+    grid = discrete_grid(5)
+    z0 = prior_sample("masked", (64, length), vocab)
+    got = sample_masked(denoise, z0, grid, generator=gen(24))
+    g, z = gen(24), z0.clone()
+    for lt, ls in zip(grid[:-1].tolist(), grid[1:].tolist()):
+        p = denoise(z, torch.full((64,), lt)).double()
+        stay = 0.0 if ls == math.inf else (1 - alpha(ls)) / (1 - alpha(lt))
+        row = torch.cat([(1 - stay) * p, torch.full((64, length, 1), stay).double()], -1)
+        row = torch.where((z == vocab)[..., None], row, F.one_hot(z, vocab + 1).double())
+        cdf = row.cumsum(-1)
+        u = torch.rand((64, length, 1), generator=g, dtype=torch.float64)
+        z = torch.searchsorted(cdf, u * cdf[..., -1:], right=True).squeeze(-1).clamp(max=vocab)
+    assert torch.equal(got, z)
 
 
 # ----------------------------------------------------------------------------- bad input

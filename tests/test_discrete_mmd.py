@@ -19,6 +19,7 @@ from difflab.discrete import (
     adjust_probs,
     discrete_grid,
     prior_sample,
+    step_x_posterior,
 )
 from difflab.eval.discrete_metrics import generative_perplexity, gradient_moment, unigram_entropy
 from difflab.methods.discrete_mmd import (
@@ -143,7 +144,7 @@ def test_student_transition_samples_the_enumerated_joint(oracle, process):
         torch.full((n,), l_t, dtype=torch.float64),
         torch.full((n,), l_s, dtype=torch.float64),
     )
-    draw = student_transition(gen, x, process, 3, *levels, grad=False, soft=False, generator=g)
+    draw = student_transition(gen, x, process, 3, *levels, grad=False, target="hard", generator=g)
     base = 4 if process == "masked" else 3
     powers = base ** torch.arange(2, -1, -1)
     index = (draw.z_s * powers).sum(-1)
@@ -157,23 +158,69 @@ def test_student_transition_samples_the_enumerated_joint(oracle, process):
     torch.testing.assert_close(mc, m.hard[seen], atol=0.04, rtol=0)
 
 
+def posterior_moment(m, gen, process: str, l_t: float, l_s: float) -> torch.Tensor:
+    """`E_g[y | z_s]` for the posterior target `y = p(x | z_t, z_s)`, enumerated over the
+    reachable pairs `(z_t, z_s)` of `m`."""
+    pair = m.weight.sum(1)  # p(z_t, z_s), [n, S]
+    (n, count), (length, vocab) = pair.shape, (m.states.shape[1], 3)
+    probs = gen(m.z_t, torch.full((n,), l_t)).double()
+    z_t = m.z_t[:, None].expand(n, count, length).reshape(-1, length)
+    z_s = m.states[None].expand(n, count, length).reshape(-1, length)
+    rows = probs[:, None].expand(n, count, length, vocab).reshape(-1, length, vocab)
+    y = step_x_posterior(process, z_t, z_s, rows, l_t, l_s).view(n, count, length, vocab)
+    return torch.einsum("ns,nslv->slv", pair, y) / m.prob[:, None, None]
+
+
 def test_soft_targets_are_exact_for_masked_and_biased_for_uniform(oracle):
     """At the positions a masked `z_s` leaves free, `E_g[p | z_s] = E_g[x | z_s]` (the masked
     token's value does not enter `z_s`); a uniform `z_s` depends on the token it noises, so the
-    soft target has another optimum, and `target="soft"` is refused for uniform diffusion."""
+    soft target has another optimum, and `target="soft"` is refused for uniform diffusion. The
+    posterior target `p(x | z_t, z_s)` has the hard target's mean for both processes."""
     for process in PROCESSES:
         gen = sharpened(oracle, process)
-        m = exact_student_moments(oracle, process, -1.0, 0.5, product_joint(oracle, gen), gen)
-        free = free_positions(m.states, process, 3).bool()
-        gap = float((m.soft - m.hard)[free].abs().max())
-        if process == "masked":
-            assert gap < 1e-12
-        else:
-            assert gap > 0.05
+        for l_t, l_s in LEVELS:
+            m = exact_student_moments(oracle, process, l_t, l_s, product_joint(oracle, gen), gen)
+            free = free_positions(m.states, process, 3).bool()
+            gap = float((m.soft - m.hard)[free].abs().max())
+            if process == "masked":
+                assert gap < 1e-12
+            elif l_t > -math.inf:  # from pure noise z_t says nothing about x
+                assert gap > 0.05
+            post = posterior_moment(m, gen, process, l_t, l_s)
+            torch.testing.assert_close(post, m.hard, atol=1e-12, rtol=0)
     assert resolve_target(DMMDConfig(), "masked") == "soft"
-    assert resolve_target(DMMDConfig(), "uniform") == "hard"
+    assert resolve_target(DMMDConfig(), "uniform") == "posterior"
     with pytest.raises(ValueError, match="target='soft' is only valid for masked"):
         resolve_target(DMMDConfig(target="soft"), "uniform")
+    assert resolve_target(DMMDConfig(target="posterior"), "uniform") == "posterior"
+
+
+def test_posterior_target_is_the_soft_target_for_masked_diffusion(oracle):
+    """Masked diffusion: at the positions both losses count, `p(x | z_t, z_s) = p`, so the
+    posterior target gives the soft target's loss values and generator gradients exactly."""
+    x = oracle.sample(64, generator=torch.Generator().manual_seed(0))
+    aux = sharpened(oracle, "masked", 0.8)
+    results = []
+    for target in ("soft", "posterior"):
+        torch.manual_seed(0)
+        net = OracleGenerator(oracle, "masked", extra_noise_dim=2, hidden=16)
+        torch.nn.init.normal_(net.correction[-1].weight, std=0.3)  # not the teacher
+        gen = torch.Generator().manual_seed(1)
+        student = net_denoiser(net, "masked", 3, noise_dim=2, generator=gen)
+        values = []
+        for update in ("generator", "auxiliary"):
+            loss = dmmd_alternating_loss(
+                student, aux, oracle.denoiser("masked"), x, "masked", 3, SCHEDULE,
+                DMMDConfig(student_steps=2, target=target), update=update, generator=gen,
+            )  # fmt: skip
+            values.append(loss.detach())
+            if update == "generator":
+                loss.sum().backward()
+        results.append((values, [p.grad.clone() for p in net.parameters()]))
+    (v_soft, g_soft), (v_post, g_post) = results
+    assert float(v_soft[0].abs().max()) > 0 and any(float(g.abs().max()) > 0 for g in g_soft)
+    for a, b in zip(v_soft + g_soft, v_post + g_post):
+        torch.testing.assert_close(a, b, atol=1e-7, rtol=1e-6)
 
 
 # --------------------------------------------------------------------------- the losses
@@ -233,6 +280,11 @@ def test_options_and_bad_inputs_are_named(oracle):
                               DMMDConfig(), update="generator")  # fmt: skip
     with pytest.raises(ValueError, match="process must be one of"):
         resolve_target(DMMDConfig(), "absorbing")
+    levels = torch.zeros(4, dtype=torch.float64), torch.full((4,), -1.0, dtype=torch.float64)
+    with pytest.raises(ValueError, match="logsnr_s must be >= logsnr_t"):
+        student_transition(teacher, x, "masked", 3, *levels, grad=False)
+    with pytest.raises(ValueError, match="target must be 'soft', 'hard' or 'posterior'"):
+        student_transition(teacher, x, "masked", 3, *levels[::-1], grad=False, target="auto")
     net = build_net("token_transformer", vocab_size=3, seq_len=3, width=16, depth=1, heads=2,
                     emb_dim=16)  # fmt: skip
     with pytest.raises(ValueError, match="discrete teachers are unconditional"):

@@ -287,6 +287,27 @@ def test_shipped_lenet_classifies_its_test_set(dataset, min_accuracy):
     assert (logits.argmax(1) == labels[:2000]).double().mean() >= min_accuracy
 
 
+def test_lenet_metrics_use_the_datasets_own_lenet():
+    """fd-lenet on Fashion-MNIST is computed in the Fashion-MNIST LeNet (it once used MNIST's):
+    the scorer's value equals the Frechet distance in that network's features."""
+    from difflab.data.cache import DatasetUnavailableError
+    from difflab.eval.scores import FeatureScorer, feature_network
+
+    assert feature_network("pr-lenet", "fashion_mnist") == "fd-lenet-fashion"
+    assert feature_network("kid-lenet", "digits") == "fd-lenet"
+    assert feature_network("fid", "fashion_mnist") == "fid"
+    try:
+        real = reference.reference_images("fashion_mnist", "train", 300)
+    except DatasetUnavailableError as err:
+        pytest.skip(str(err))
+    scorer = FeatureScorer(["fd-lenet"], dataset="fashion_mnist")
+    assert set(scorer.extractors) == {"fd-lenet-fashion"}
+    own = LeNetFeatures("fashion_mnist")
+    stats = reference.cached_reference_stats("fashion_mnist", "test", own)
+    expected = frechet_distance(own(real, progress=False), stats)
+    assert scorer(real)["fd-lenet"] == pytest.approx(expected, rel=1e-9)
+
+
 def test_lenet_rejects_wrong_image_size(lenet):
     with pytest.raises(ValueError, match=r"fd-lenet takes images of shape \[N, 1, 28, 28\]"):
         lenet(torch.zeros(2, 3, 32, 32, dtype=torch.uint8), progress=False)

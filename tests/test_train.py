@@ -149,7 +149,8 @@ def test_shipped_configs_load_and_build_their_nets():
             continue  # sequences, tokens, latents: the method checks its data against its net
         sizes = {"digits": 8, "mnist": 28, "fashion_mnist": 28}
         sizes["folder"] = cfg.data.kwargs.get("resolution")
-        resolution = cfg.data.kwargs.get("pad_to", sizes[cfg.data.name])
+        stored = cfg.data.kwargs.get("resolution") or sizes[cfg.data.name]  # upsampled data
+        resolution = cfg.data.kwargs.get("pad_to", stored)
         assert net.config.resolution == resolution, path
     shipped = api.load(api.shipped_model_path()).config
     recipe = load_config(ROOT / "configs" / "mnist_uvit.yaml")

@@ -89,7 +89,9 @@ class ArrayImageDataset(ImageDataset):
     Values: uint8 arrays are pixels 0..255; any other dtype needs `value_range=(lo, hi)`, the
     range that maps to [-1, 1] (e.g. `(0, 1)` for floats in [0, 1]); values outside it are an
     error rather than silently clipped. Labels: optional non-negative integers `[N]`.
-    `name` (a file path, say) is used in error messages.
+    `resolution`: upsample every image to `resolution x resolution` (bilinear, at least the
+    stored size; before `pad_to`), e.g. Fashion-MNIST at 64x64 for the resolution experiment of
+    docs/methods/recipe.md. `name` (a file path, say) is used in error messages.
     """
 
     def __init__(
@@ -103,6 +105,7 @@ class ArrayImageDataset(ImageDataset):
         pad_to: int | None = None,
         flip: bool = False,
         name: str = "images",
+        resolution: int | None = None,
     ) -> None:
         images = to_nchw(np.asarray(images), layout, name)
         if images.dtype == np.uint8 and value_range in (None, (0, 255)):
@@ -110,7 +113,11 @@ class ArrayImageDataset(ImageDataset):
         else:
             self.images = torch.from_numpy(to_unit_range(images, value_range, name))
         self.labels, num_classes = check_labels(labels, len(images), num_classes, name)
-        super().__init__(images.shape[1:], num_classes, pad_to=pad_to, flip=flip)
+        channels, height, width = images.shape[1:]
+        self.resolution = check_resolution(resolution, height, width, name)
+        if self.resolution is not None:
+            height = width = self.resolution
+        super().__init__((channels, height, width), num_classes, pad_to=pad_to, flip=flip)
 
     def __len__(self) -> int:
         return len(self.images)
@@ -118,7 +125,32 @@ class ArrayImageDataset(ImageDataset):
     def load(self, index: int) -> tuple[Tensor, int]:
         image = self.images[index]
         image = uint8_to_unit(image) if image.dtype == torch.uint8 else image
+        if self.resolution is not None:
+            image = upsample_image(image, self.resolution)
         return image, int(self.labels[index]) if self.labels is not None else -1
+
+
+def check_resolution(resolution: int | None, height: int, width: int, name: str) -> int | None:
+    """`resolution` (None: keep the stored size) if it is an int at least the stored `height`
+    and `width`; None when it equals a square stored size (nothing to do)."""
+    if resolution is None:
+        return None
+    if isinstance(resolution, bool) or not isinstance(resolution, int):
+        raise ValueError(f"resolution must be an int, got {resolution!r}")
+    if resolution < max(height, width):
+        raise ValueError(
+            f"resolution={resolution} is smaller than the {name} ({height}x{width}): "
+            "only upsampling is supported"
+        )
+    return None if resolution == height == width else resolution
+
+
+def upsample_image(image: Tensor, size: int) -> Tensor:
+    """`[C, H, W]` -> `[C, size, size]`, bilinear (half-pixel centres, `align_corners=False`):
+    each output pixel is a convex combination of at most 4 input pixels, so the data range is
+    kept and no ringing appears."""
+    out = F.interpolate(image[None], size=(size, size), mode="bilinear", align_corners=False)
+    return out[0]
 
 
 def infer_layout(shape: tuple[int, ...], name: str = "images") -> str:

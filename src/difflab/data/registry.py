@@ -39,11 +39,15 @@ def mnist(
     cache_dir: PathLike | None = None,
     pad_to: int | None = None,
     flip: bool = False,
+    resolution: int | None = None,
 ) -> ArrayImageDataset:
-    """MNIST 60k/10k from the prepared cache (`difflab data prepare mnist`), 1x28x28."""
+    """MNIST 60k/10k from the prepared cache (`difflab data prepare mnist`), 1x28x28
+    (`resolution`: upsampled bilinearly to `resolution x resolution`, >= 28)."""
     _no_flip("mnist", flip)
     images, labels = load_mnist(split, cache_dir)
-    return ArrayImageDataset(images, labels, layout="NHW", num_classes=10, pad_to=pad_to)
+    return ArrayImageDataset(
+        images, labels, layout="NHW", num_classes=10, pad_to=pad_to, resolution=resolution
+    )
 
 
 def fashion_mnist(
@@ -52,10 +56,15 @@ def fashion_mnist(
     root: PathLike | None = None,
     pad_to: int | None = None,
     flip: bool = False,
+    resolution: int | None = None,
 ) -> ArrayImageDataset:
-    """Fashion-MNIST 60k/10k from the Debian package `dataset-fashion-mnist`, 1x28x28."""
+    """Fashion-MNIST 60k/10k from the Debian package `dataset-fashion-mnist`, 1x28x28
+    (`resolution`: upsampled bilinearly to `resolution x resolution`, >= 28)."""
     images, labels = load_fashion_mnist(split, root)
-    return ArrayImageDataset(images, labels, layout="NHW", num_classes=10, pad_to=pad_to, flip=flip)
+    return ArrayImageDataset(
+        images, labels, layout="NHW", num_classes=10, pad_to=pad_to, flip=flip,
+        resolution=resolution,
+    )  # fmt: skip
 
 
 def digits(

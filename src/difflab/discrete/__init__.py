@@ -34,6 +34,7 @@ from .processes import (
     prior_sample,
     sample_categorical,
     sample_posterior,
+    step_x_posterior,
 )
 from .samplers import (
     DISCRETE_SAMPLERS,
@@ -82,6 +83,7 @@ __all__ = [
     "sample_uniform",
     "sampler_error",
     "sequence_index",
+    "step_x_posterior",
     "training_times",
     "uniform_nelbo",
     "uniform_prior_kl",

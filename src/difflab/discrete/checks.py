@@ -22,10 +22,18 @@ def check_vocab_size(vocab_size: int, name: str = "vocab_size") -> int:
     return vocab_size
 
 
+def reads_values(x: Tensor) -> bool:
+    """Whether a value check may read `x` on the host (not on the meta device, not while
+    compiling)."""
+    return x.device.type != "meta" and not torch.compiler.is_compiling()
+
+
 def check_tokens(
-    x: Tensor, vocab_size: int, *, name: str = "x", allow_mask: bool = False
+    x: Tensor, vocab_size: int, *, name: str = "x", allow_mask: bool = False, values: bool = True
 ) -> Tensor:
-    """`x` as int64 after checking dtype and range (`[0, V)`, or `[0, V]` with `allow_mask`)."""
+    """`x` as int64 after checking dtype and range (`[0, V)`, or `[0, V]` with `allow_mask`).
+    The range check is one host read; `values=False` skips it (dtype and shape only), for inner
+    functions whose caller checked the tokens once."""
     check_vocab_size(vocab_size)
     if not isinstance(x, Tensor):
         raise ValueError(f"{name} must be an integer tensor of tokens, got {type(x).__name__}")
@@ -33,25 +41,28 @@ def check_tokens(
         raise ValueError(f"{name} must hold integer tokens (int64 or int32), got dtype {x.dtype}")
     if x.ndim < 1:
         raise ValueError(f"{name} must have a batch dimension, got a scalar")
-    if x.numel() and x.device.type != "meta" and not torch.compiler.is_compiling():
+    if values and x.numel() and reads_values(x):
         top = vocab_size if allow_mask else vocab_size - 1
-        lo, hi = int(x.min()), int(x.max())
+        lo, hi = torch.stack([x.min(), x.max()]).tolist()
         if lo < 0 or hi > top:
             what = f"[0, {vocab_size}] (mask id {vocab_size})" if allow_mask else f"[0, {top}]"
             raise ValueError(f"{name} has token values in [{lo}, {hi}], outside {what}")
     return x.long()
 
 
-def check_logsnr(logsnr: Tensor | float, shape: torch.Size, *, name: str = "logsnr") -> Tensor:
+def check_logsnr(
+    logsnr: Tensor | float, shape: torch.Size, *, name: str = "logsnr", values: bool = True
+) -> Tensor:
     """`logsnr` as a float64 tensor expanded to the token `shape`: a scalar, `[B]` (one level per
-    example) or exactly `shape` (one per token). NaN and other shapes are errors naming `name`."""
+    example) or exactly `shape` (one per token). NaN and other shapes are errors naming `name`;
+    the NaN check is one host read, skipped with `values=False`."""
     shape = torch.Size(shape)
     if isinstance(logsnr, (int, float)) and not isinstance(logsnr, bool):
         logsnr = torch.tensor(float(logsnr))
     if not isinstance(logsnr, Tensor) or not (logsnr.is_floating_point()):
         kind = logsnr.dtype if isinstance(logsnr, Tensor) else type(logsnr).__name__
         raise ValueError(f"{name} must be a floating-point tensor or a number, got {kind}")
-    if logsnr.device.type != "meta" and not torch.compiler.is_compiling():
+    if values and reads_values(logsnr):
         if bool(torch.isnan(logsnr).any()):
             raise ValueError(f"{name} contains NaN")
     level = logsnr.double()
@@ -69,7 +80,7 @@ def check_logsnr(logsnr: Tensor | float, shape: torch.Size, *, name: str = "logs
 
 def check_level_order(logsnr_t: Tensor, logsnr_s: Tensor) -> None:
     """`logsnr_s >= logsnr_t` everywhere (`s` is the cleaner level of a reverse step)."""
-    if logsnr_t.device.type == "meta" or torch.compiler.is_compiling():
+    if not reads_values(logsnr_t):
         return
     if bool((logsnr_s < logsnr_t).any()):
         raise ValueError("logsnr_s must be >= logsnr_t (s is the cleaner level of the step)")

@@ -311,7 +311,7 @@ def exact_sampler_distribution(
                 temperature=temperature,
                 top_p=top_p,
             )
-            q = posterior(process, z, probs, level, grid[i + 1].expand(len(rows)))
+            q = posterior(process, z, probs, level, grid[i + 1].expand(len(rows)), check=False)
             out = dist[rows][:, None]
             for pos in range(length):
                 out = (out[:, :, None] * q[:, pos, None, :]).reshape(len(rows), -1)

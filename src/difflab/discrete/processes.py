@@ -13,6 +13,12 @@ it uniformly). Bayes' rule then gives the posteriors below, which the samplers a
 `x` enters the posteriors as a distribution `x_probs [..., V]`: `one_hot(x)` for known tokens,
 or a denoiser's `p(x | z_t)`. For the second the result is the exact mixture
 `sum_x p(x | z_t) q(z_s | z_t, x)`, the ancestral step of a model that predicts `x`.
+
+**Checks.** Every public function here checks its arguments; the checks that read tensor
+values on the host (token range, NaN levels, level order, finite probabilities) are skipped with
+`check=False`, which the sampling loops, the NELBOs and the D-MMD losses pass after checking their
+own inputs once (a loop step then never waits for the device). Shape and dtype checks cost
+nothing and always run.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from .checks import (
     check_tokens,
     check_vocab_size,
     keep_prob,
+    reads_values,
 )
 
 PROCESSES = ("masked", "uniform")
@@ -51,23 +58,35 @@ def _check_probs(x_probs: Tensor, name: str = "x_probs") -> Tensor:
 
 
 def corrupt_masked(
-    x: Tensor, logsnr: Tensor | float, vocab_size: int, *, generator: torch.Generator | None = None
+    x: Tensor,
+    logsnr: Tensor | float,
+    vocab_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    check: bool = True,
 ) -> Tensor:
     """`z ~ q(z | x)` of masked diffusion: each token is kept with probability
-    `sigmoid(logsnr)`, else replaced by the mask id `vocab_size`."""
-    x = check_tokens(x, vocab_size)
-    alpha = keep_prob(check_logsnr(logsnr, x.shape))
+    `sigmoid(logsnr)`, else replaced by the mask id `vocab_size`. `check=False`: no host reads
+    (module docstring)."""
+    x = check_tokens(x, vocab_size, values=check)
+    alpha = keep_prob(check_logsnr(logsnr, x.shape, values=check))
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float64)
     return torch.where(u < alpha, x, torch.full_like(x, vocab_size))
 
 
 def corrupt_uniform(
-    x: Tensor, logsnr: Tensor | float, vocab_size: int, *, generator: torch.Generator | None = None
+    x: Tensor,
+    logsnr: Tensor | float,
+    vocab_size: int,
+    *,
+    generator: torch.Generator | None = None,
+    check: bool = True,
 ) -> Tensor:
     """`z ~ Cat(alpha onehot(x) + (1 - alpha) / V)`: each token is kept with probability
-    `alpha = sigmoid(logsnr)`, else redrawn uniformly from `[0, V)` (possibly itself)."""
-    x = check_tokens(x, vocab_size)
-    alpha = keep_prob(check_logsnr(logsnr, x.shape))
+    `alpha = sigmoid(logsnr)`, else redrawn uniformly from `[0, V)` (possibly itself).
+    `check=False`: no host reads (module docstring)."""
+    x = check_tokens(x, vocab_size, values=check)
+    alpha = keep_prob(check_logsnr(logsnr, x.shape, values=check))
     u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float64)
     noise = torch.randint(0, vocab_size, x.shape, generator=generator, device=x.device)
     return torch.where(u < alpha, x, noise)
@@ -80,10 +99,11 @@ def corrupt(
     vocab_size: int,
     *,
     generator: torch.Generator | None = None,
+    check: bool = True,
 ) -> Tensor:
     """`corrupt_masked` or `corrupt_uniform` by name."""
     fn = corrupt_masked if check_process(process) == "masked" else corrupt_uniform
-    return fn(x, logsnr, vocab_size, generator=generator)
+    return fn(x, logsnr, vocab_size, generator=generator, check=check)
 
 
 def prior_sample(
@@ -119,32 +139,46 @@ def marginal_uniform(x_probs: Tensor, logsnr: Tensor | float) -> Tensor:
 # ----------------------------------------------------------------------------- posteriors
 
 
-def _levels(z_t: Tensor, logsnr_t, logsnr_s) -> tuple[Tensor, Tensor]:
-    lt = check_logsnr(logsnr_t, z_t.shape, name="logsnr_t")
-    ls = check_logsnr(logsnr_s, z_t.shape, name="logsnr_s")
-    check_level_order(lt, ls)
-    return lt, ls
+def _step_inputs(
+    z_t: Tensor, x_probs: Tensor, logsnr_t, logsnr_s, *, allow_mask: bool, check: bool
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The checked inputs of a reverse step: `z_t` (int64), `x_probs`, and both levels as float64
+    at the token shape. `check=False` skips the value checks (host reads)."""
+    x_probs = _check_probs(x_probs)
+    vocab = x_probs.shape[-1]
+    z_t = check_tokens(z_t, vocab, name="z_t", allow_mask=allow_mask, values=check)
+    if tuple(x_probs.shape[:-1]) != tuple(z_t.shape):
+        raise ValueError(
+            f"x_probs must have shape z_t.shape + (V,) = {[*z_t.shape, vocab]}, "
+            f"got {list(x_probs.shape)}"
+        )
+    lt = check_logsnr(logsnr_t, z_t.shape, name="logsnr_t", values=check)
+    ls = check_logsnr(logsnr_s, z_t.shape, name="logsnr_s", values=check)
+    if check:
+        check_level_order(lt, ls)
+    return z_t, x_probs, lt, ls
 
 
 def posterior_masked(
-    z_t: Tensor, x_probs: Tensor, logsnr_t: Tensor | float, logsnr_s: Tensor | float
+    z_t: Tensor,
+    x_probs: Tensor,
+    logsnr_t: Tensor | float,
+    logsnr_s: Tensor | float,
+    *,
+    check: bool = True,
 ) -> Tensor:
     """`q(z_s | z_t, x)` of masked diffusion, `[..., V + 1]` (last entry: the mask).
 
     An unmasked `z_t` stays. A masked one stays masked with probability
     `(1 - alpha_s) / (1 - alpha_t) = sigmoid(-l_s) / sigmoid(-l_t)`, else becomes token `j` with
     probability `(alpha_s - alpha_t) / (1 - alpha_t) * x_probs[j]` (the same for a hard `x` and a
-    mixture over `x`, since `q(z_t = mask | x)` does not depend on `x`).
+    mixture over `x`, since `q(z_t = mask | x)` does not depend on `x`). `check=False`: no host
+    reads (module docstring).
     """
-    x_probs = _check_probs(x_probs)
+    z_t, x_probs, lt, ls = _step_inputs(
+        z_t, x_probs, logsnr_t, logsnr_s, allow_mask=True, check=check
+    )
     vocab = x_probs.shape[-1]
-    z_t = check_tokens(z_t, vocab, name="z_t", allow_mask=True)
-    if tuple(x_probs.shape[:-1]) != tuple(z_t.shape):
-        raise ValueError(
-            f"x_probs must have shape z_t.shape + (V,) = {[*z_t.shape, vocab]}, "
-            f"got {list(x_probs.shape)}"
-        )
-    lt, ls = _levels(z_t, logsnr_t, logsnr_s)
     # log of the stay-masked probability; 0 when s is clean (l_s = +inf) or t is (no mask left)
     log_stay = F.logsigmoid(-ls) - F.logsigmoid(-lt)
     stay = torch.where(torch.isinf(lt) & (lt > 0), torch.zeros_like(lt), log_stay.exp())
@@ -155,7 +189,12 @@ def posterior_masked(
 
 
 def posterior_uniform(
-    z_t: Tensor, x_probs: Tensor, logsnr_t: Tensor | float, logsnr_s: Tensor | float
+    z_t: Tensor,
+    x_probs: Tensor,
+    logsnr_t: Tensor | float,
+    logsnr_s: Tensor | float,
+    *,
+    check: bool = True,
 ) -> Tensor:
     """`sum_x x_probs(x) q(z_s | z_t, x)` of uniform diffusion, `[..., V]`.
 
@@ -166,16 +205,12 @@ def posterior_uniform(
         q(z_s = j | z_t) = (A [j = z_t] + (1 - A) / V) (alpha_s w_j + (1 - alpha_s) / V sum_k w_k).
 
     `w` is computed up to the common factor `(1 - alpha_t) / V`, and the result is normalised.
+    `check=False`: no host reads (module docstring).
     """
-    x_probs = _check_probs(x_probs)
+    z_t, x_probs, lt, ls = _step_inputs(
+        z_t, x_probs, logsnr_t, logsnr_s, allow_mask=False, check=check
+    )
     vocab = x_probs.shape[-1]
-    z_t = check_tokens(z_t, vocab, name="z_t")
-    if tuple(x_probs.shape[:-1]) != tuple(z_t.shape):
-        raise ValueError(
-            f"x_probs must have shape z_t.shape + (V,) = {[*z_t.shape, vocab]}, "
-            f"got {list(x_probs.shape)}"
-        )
-    lt, ls = _levels(z_t, logsnr_t, logsnr_s)
     p = x_probs.double()
     at_zt = F.one_hot(z_t, vocab).bool()
     # (1 - alpha_t) / V / q(z_t | k): 1 for k != z_t, 1 / (1 + V e^{l_t}) = sigmoid(-l_t - log V)
@@ -197,10 +232,12 @@ def posterior(
     x_probs: Tensor,
     logsnr_t: Tensor | float,
     logsnr_s: Tensor | float,
+    *,
+    check: bool = True,
 ) -> Tensor:
     """`posterior_masked` or `posterior_uniform` by name."""
     fn = posterior_masked if check_process(process) == "masked" else posterior_uniform
-    return fn(z_t, x_probs, logsnr_t, logsnr_s)
+    return fn(z_t, x_probs, logsnr_t, logsnr_s, check=check)
 
 
 def sample_posterior(
@@ -211,12 +248,59 @@ def sample_posterior(
     logsnr_s: Tensor | float,
     *,
     generator: torch.Generator | None = None,
+    check: bool = True,
 ) -> Tensor:
     """A draw `z_s ~ posterior(process, z_t, x_probs, logsnr_t, logsnr_s)` (tokens; the mask id
-    is `V` for masked diffusion)."""
-    return sample_categorical(
-        posterior(process, z_t, x_probs, logsnr_t, logsnr_s), generator=generator
+    is `V` for masked diffusion). `check=False`: no host reads (module docstring)."""
+    q = posterior(process, z_t, x_probs, logsnr_t, logsnr_s, check=check)
+    return sample_categorical(q, generator=generator, check=check)
+
+
+def step_x_posterior(
+    process: str,
+    z_t: Tensor,
+    z_s: Tensor,
+    x_probs: Tensor,
+    logsnr_t: Tensor | float,
+    logsnr_s: Tensor | float,
+    *,
+    check: bool = True,
+) -> Tensor:
+    """`p(x_i | z_t, z_s)` per position, `[..., V]` (float64), when every `x_i ~ x_probs[i]` is
+    drawn independently and then `z_s ~ q(z_s | z_t, x)`: Bayes' rule with the one-position
+    likelihood `q(z_s,i | z_t,i, x_i = k)`, differentiable in `x_probs`.
+
+    Masked: the token `z_s` shows where this step revealed it, else `x_probs` (the likelihood
+    does not depend on `k`; a denoiser carries a shown token over, so there it is that token).
+    Uniform: the likelihood is proportional to `(1 + [z_s = k] V e^{l_s}) / (1 + [z_t = k] V
+    e^{l_t})` (the factor `q(z_t | z_s)` does not depend on `k`), so `z_s` tilts `x_probs`
+    towards the token it shows and away from the one `z_t` showed; levels are clamped to
+    `[-700, 700]` (at `l_s = +inf` the result is the token of `z_s`). Its mean over `z_s`
+    given `z_t` is `x_probs`, and its mean given `z_s` alone is `E[x | z_s]`: a
+    Rao-Blackwellised stand-in for the draw `x` (docs/methods/discrete_mmd.md).
+    """
+    check_process(process)
+    masked = process == "masked"
+    z_t, x_probs, lt, ls = _step_inputs(
+        z_t, x_probs, logsnr_t, logsnr_s, allow_mask=masked, check=check
     )
+    vocab = x_probs.shape[-1]
+    z_s = check_tokens(z_s, vocab, name="z_s", allow_mask=masked, values=check)
+    if tuple(z_s.shape) != tuple(z_t.shape):
+        raise ValueError(f"z_s must have the shape of z_t {list(z_t.shape)}, got {list(z_s.shape)}")
+    p = x_probs.double()
+    if masked:
+        revealed = (z_t == vocab) & (z_s != vocab)
+        shown = F.one_hot(z_s.clamp(max=vocab - 1), vocab).double()
+        return torch.where(revealed[..., None], shown, p)
+    log_v = math.log(vocab)
+    gain_s = F.softplus(ls.clamp(-700.0, 700.0) + log_v)[..., None]
+    gain_t = F.softplus(lt.clamp(-700.0, 700.0) + log_v)[..., None]
+    log_w = F.one_hot(z_s, vocab) * gain_s - F.one_hot(z_t, vocab) * gain_t
+    rel = log_w - log_w.amax(-1, keepdim=True)
+    w = torch.where(rel > -200.0, rel.exp(), 0.0)  # no subnormal products (slow on CPUs)
+    out = p * w
+    return out / out.sum(-1, keepdim=True).clamp_min(1e-300)
 
 
 # ----------------------------------------------------------------------------- categoricals
@@ -233,10 +317,11 @@ def sample_categorical(
         raise ValueError("probs must be a float tensor [..., K]")
     cdf = probs.double().cumsum(-1)
     total = cdf[..., -1:]
-    if check and not torch.compiler.is_compiling() and probs.device.type != "meta":
-        if not bool(torch.isfinite(total).all()) or bool((total <= 0).any()):
-            raise FloatingPointError("probs has a row that is non-finite or sums to zero")
-        if bool((probs < 0).any()):
+    if check and reads_values(probs):
+        rows_ok = torch.isfinite(total).all() & (total > 0).all()
+        if not bool(rows_ok & (probs >= 0).all()):  # one host read; the cause only on failure
+            if not bool(rows_ok):
+                raise FloatingPointError("probs has a row that is non-finite or sums to zero")
             raise ValueError("probs has negative entries")
     u = torch.rand(total.shape, generator=generator, device=probs.device, dtype=torch.float64)
     idx = torch.searchsorted(cdf.contiguous(), (u * total).contiguous(), right=True)

@@ -9,6 +9,11 @@ over a 1-D increasing grid `logsnrs` of `steps + 1` levels that ends at `+inf` (
 `i` calls `denoise(z, logsnrs[i])` (level per example, `[B]`) once, adjusts the probabilities
 (`adjust_probs`: temperature, top-p by logit offset) and draws `z ~ q(z_s | z_t, p)` at
 `logsnrs[i + 1]` (`posterior_masked`, `posterior_uniform`). NFE = steps. Draws are in float64.
+
+The arguments are checked once: the grid before the loop, the state's tokens against the first
+denoiser output, and the finiteness of every step's probabilities after the loop (accumulated on
+the device). The steps themselves read nothing back to the host (`check=False` on the posterior
+and the draw), so a GPU loop never waits on the device between steps.
 """
 
 from __future__ import annotations
@@ -87,7 +92,7 @@ def _ancestral(
             check_tokens(z, vocab, name="z", allow_mask=process == "masked")
         finite[i] = torch.isfinite(probs).all()
         probs = adjust_probs(probs, temperature=temperature, top_p=top_p)
-        q = posterior(process, z, probs, level, grid[i + 1].to(z.device).expand(batch))
+        q = posterior(process, z, probs, level, grid[i + 1].to(z.device).expand(batch), check=False)
         z = sample_categorical(q, generator=generator, check=False)
         if callback is not None:
             callback({"i": i, "z": z, "probs": probs, "logsnr": level})

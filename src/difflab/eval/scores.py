@@ -1,8 +1,9 @@
 """Feature metrics of image arrays against a reference split, prepared before any sampling.
 
 Metrics: `fid`, `kid`, `pr` use the Inception network (`difflab[fid]`); `fd-lenet`,
-`kid-lenet`, `pr-lenet` use difflab's own MNIST LeNet (a Frechet distance in *its* features,
-not FID); `haze` is a pixel statistic of the samples alone (`image_stats.haze_share`, the share
+`kid-lenet`, `pr-lenet` use difflab's own LeNet of the dataset (`LENET_METRICS`: MNIST's or
+Fashion-MNIST's; MNIST's for any other 28x28 grey data), a Frechet distance in *its* features,
+not FID; `haze` is a pixel statistic of the samples alone (`image_stats.haze_share`, the share
 of the image border that is not black); `elbo` (the model's ELBO in bits/dim,
 `likelihood.elbo`) is listed here so one `--metric` list names them all, but is computed from
 a model (`difflab.api.evaluate`).
@@ -20,7 +21,7 @@ from collections.abc import Sequence
 import torch
 from numpy.typing import NDArray
 
-from .features import FeatureExtractor, get_feature_extractor
+from .features import LENET_METRICS, FeatureExtractor, get_feature_extractor
 from .image_stats import haze_share
 from .metrics import frechet_distance, kernel_inception_distance, precision_recall
 from .reference import DATASET_SHAPES, cached_reference_stats, check_dataset, reference_images
@@ -37,6 +38,13 @@ FEATURE_OF = {
 PIXEL_METRICS = {"haze": haze_share}
 """metric -> function of the samples alone (no feature network, no reference)."""
 METRICS = (*FEATURE_OF, *PIXEL_METRICS, "elbo")
+
+
+def feature_network(metric: str, dataset: str) -> str:
+    """The feature network `metric` is computed in on `dataset`: the LeNet metrics use the
+    dataset's own LeNet where one ships (`LENET_METRICS`), else the MNIST one."""
+    feature = FEATURE_OF[metric]
+    return LENET_METRICS.get(dataset, feature) if feature == "fd-lenet" else feature
 
 
 def parse_metrics(text: str) -> list[str]:
@@ -71,8 +79,8 @@ class FeatureScorer:
         self.dataset, self.split = dataset, split
         self.extractors: dict[str, FeatureExtractor] = {}
         self.stats, self.real = {}, {}
-        for metric in (m for m in self.metrics if m in FEATURE_OF):
-            feature = FEATURE_OF[metric]
+        self.feature_of = {m: feature_network(m, dataset) for m in self.metrics if m in FEATURE_OF}
+        for metric, feature in self.feature_of.items():
             if feature not in self.extractors:
                 self.extractors[feature] = extractor = get_feature_extractor(feature, device)
                 extractor.check_shape(DATASET_SHAPES[dataset], f"{dataset} images")
@@ -99,7 +107,7 @@ class FeatureScorer:
             if metric in PIXEL_METRICS:
                 out[metric] = PIXEL_METRICS[metric](samples)
                 continue
-            feature = FEATURE_OF[metric]
+            feature = self.feature_of[metric]
             if feature not in fake:
                 images = samples.clamp(-1, 1) if samples.is_floating_point() else samples
                 fake[feature] = self.extractors[feature](images)

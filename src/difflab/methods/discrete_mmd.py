@@ -18,9 +18,13 @@ teacher) estimates `E_g[x | z_s]` from the student's samples; updates alternate:
     generator:  L_g   = -sum_c p_c sg[log x_hat_teacher(z_s) - log x_hat_phi(z_s)]_c
 
 summed over the positions `z_s` leaves free (masked: the masked positions; uniform: all) and
-averaged over the sequence. The target `y` is the hard sample `x` or, for masked diffusion only,
-the soft `p` (a Rao-Blackwellised target with the same optimum; docs/methods/discrete_mmd.md
-shows why uniform diffusion cannot use it). `L_phi` is minimal at
+averaged over the sequence. The target `y` is the hard sample `x`, or a Rao-Blackwellised
+stand-in with the same conditional mean `E[y | z_s] = E_g[x | z_s]`: for masked diffusion the
+soft `p`, for both processes the posterior `p(x | z_t, z_s)` of the draw given the step it
+caused (`difflab.discrete.step_x_posterior`; equal to `p` where a masked `z_s` is free). With
+the posterior target the generator's `p` in `L_g` is replaced by the same posterior (with
+gradient), whose conditional mean is the moment being matched (`p`'s is not, for uniform
+diffusion; docs/methods/discrete_mmd.md). `L_phi` is minimal at
 `x_hat_phi = (E_g[y | z_s] + c x_hat_teacher) / (1 + c)`, so `log x_hat_teacher - log x_hat_phi`
 vanishes exactly when the moments match, and with it the generator's gradient. With squared
 error in place of cross-entropy both losses are those of continuous moment matching.
@@ -64,6 +68,7 @@ from ..discrete import (
     sample_masked,
     sample_posterior,
     sample_uniform,
+    step_x_posterior,
 )
 from ..discrete.processes import check_process
 from .consistency import check_student_steps
@@ -71,7 +76,7 @@ from .discrete_diffusion import discrete_parts
 from .moment_matching import alternating_update, mmd_times, value_with_gradient
 
 DiscreteDenoise = Callable[[Tensor, Tensor], Tensor]
-Target = Literal["auto", "soft", "hard"]
+Target = Literal["auto", "soft", "hard", "posterior"]
 LOG_FLOOR = 1e-30
 """Probabilities are floored here before the logarithm (a SUBS row is exactly one-hot)."""
 DEFAULT_NOISE_DIM = {"masked": 16, "uniform": 0}
@@ -81,12 +86,13 @@ DEFAULT_NOISE_DIM = {"masked": 16, "uniform": 0}
 class DMMDConfig:
     """D-MMD with a `student_steps`-step ancestral student (module docstring).
 
-    `target`: `"soft"` (the generator's `p`; masked diffusion only), `"hard"` (the sampled `x`) or
-    `"auto"` (soft for masked, hard for uniform). `noise_dim`: width of the student's extra
-    Gaussian noise input (`None`: 16 for masked, 0 for uniform). `aux_teacher_weight` `c` and
-    `aux_steps` as in moment matching. `temperature`, `top_p`, `top_p_offset` act on the
-    teacher's predictions (its logits divided by the temperature; tokens outside the nucleus
-    lowered by the offset)."""
+    `target`: `"soft"` (the generator's `p`; masked diffusion only), `"hard"` (the sampled `x`,
+    the paper's choice for uniform diffusion), `"posterior"` (`p(x | z_t, z_s)`, also in `L_g`)
+    or `"auto"` (soft for masked, posterior for uniform; the two agree for masked).
+    `noise_dim`: width of the student's extra Gaussian noise input (`None`: 16 for masked, 0 for
+    uniform). `aux_teacher_weight` `c` and `aux_steps` as in moment matching. `temperature`,
+    `top_p`, `top_p_offset` act on the teacher's predictions (its logits divided by the
+    temperature; tokens outside the nucleus lowered by the offset)."""
 
     student_steps: int = 8
     variant: Literal["alternating"] = "alternating"
@@ -102,8 +108,10 @@ class DMMDConfig:
         check_student_steps(self.student_steps)
         if self.variant != "alternating":
             raise ValueError(f"D-MMD variant must be 'alternating', got {self.variant!r}")
-        if self.target not in ("auto", "soft", "hard"):
-            raise ValueError(f"target must be 'auto', 'soft' or 'hard', got {self.target!r}")
+        if self.target not in ("auto", "soft", "hard", "posterior"):
+            raise ValueError(
+                f"target must be 'auto', 'soft', 'hard' or 'posterior', got {self.target!r}"
+            )
         if self.noise_dim is not None and (
             isinstance(self.noise_dim, bool) or not isinstance(self.noise_dim, int)
             or self.noise_dim < 0
@@ -121,15 +129,18 @@ class DMMDConfig:
             raise ValueError(f"top_p_offset must be >= 0, got {self.top_p_offset}")
 
 
-def resolve_target(cfg: DMMDConfig, process: str) -> Literal["soft", "hard"]:
-    """The target `y` of the auxiliary loss: `"auto"` is soft for masked, hard for uniform."""
+def resolve_target(cfg: DMMDConfig, process: str) -> Literal["soft", "hard", "posterior"]:
+    """The target `y` of the auxiliary loss: `"auto"` is soft for masked, posterior for uniform
+    (decided on the exact oracle: hard targets leave the 8-step uniform student worse than its
+    teacher; docs/methods/discrete_mmd.md)."""
     if check_process(process) == "uniform" and cfg.target == "soft":
         raise ValueError(
             "target='soft' is only valid for masked diffusion: a uniform z_s depends on the very "
-            "token it noises, so E[p | z_s] is not E[x | z_s]; use target='hard' (or 'auto')"
+            "token it noises, so E[p | z_s] is not E[x | z_s]; use target='posterior' (or 'hard', "
+            "'auto')"
         )
     if cfg.target == "auto":
-        return "soft" if process == "masked" else "hard"
+        return "soft" if process == "masked" else "posterior"
     return cfg.target
 
 
@@ -276,7 +287,9 @@ def dmmd_auxiliary_loss(
 @dataclass
 class DiscreteDraw:
     """One pass of the student over a data batch: levels, `z_t`, the generator's `p` (with
-    gradient when asked), the hard draw `x`, `z_s ~ q(z_s | z_t, x)` and the auxiliary target."""
+    gradient when asked), the hard draw `x`, `z_s ~ q(z_s | z_t, x)`, the auxiliary target `y`
+    and `moment`, the generator's differentiable stand-in for `x` in `L_g`: `p`, or for
+    `target="posterior"` the posterior `p(x | z_t, z_s)` (`difflab.discrete.step_x_posterior`)."""
 
     logsnr_t: Tensor
     logsnr_s: Tensor
@@ -285,6 +298,7 @@ class DiscreteDraw:
     x: Tensor
     z_s: Tensor
     target: Tensor
+    moment: Tensor
 
 
 def student_transition(
@@ -296,14 +310,19 @@ def student_transition(
     logsnr_s: Tensor,
     *,
     grad: bool,
-    soft: bool,
+    target: str = "hard",
     generator: torch.Generator | None = None,
 ) -> DiscreteDraw:
     """At given levels (`[B]`, float64): `z_t ~ q(z_t | x)`, `p = x~(z_t)`, `x ~ Cat(p)` (float64),
     `z_s ~ q(z_s | z_t, x)`; nothing after `p` carries a gradient. Draws from `generator` in
-    order: `z_t`, the student's own noise, `x`, `z_s`."""
+    order: `z_t`, the student's own noise, `x`, `z_s`. The arguments are checked here, once (three
+    host reads: the tokens, the levels, the student's `p`); the steps inside do not re-check."""
+    if target not in ("soft", "hard", "posterior"):
+        raise ValueError(f"target must be 'soft', 'hard' or 'posterior', got {target!r}")
     x = check_tokens(x, vocab_size)
-    z_t = corrupt(process, x, logsnr_t, vocab_size, generator=generator)
+    if not bool((logsnr_s >= logsnr_t).all()):  # NaN fails too
+        raise ValueError("logsnr_s must be >= logsnr_t everywhere and not NaN")
+    z_t = corrupt(process, x, logsnr_t, vocab_size, generator=generator, check=False)
     dtype = torch.get_default_dtype()
     with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
         probs = student(z_t, logsnr_t.to(dtype))
@@ -312,11 +331,15 @@ def student_transition(
             f"the student returned probs of shape {list(probs.shape)}, expected "
             f"x.shape + (V,) = {[*x.shape, vocab_size]}"
         )
-    x_gen = sample_categorical(probs.detach(), generator=generator)
+    x_gen = sample_categorical(probs.detach(), generator=generator)  # checks p: one host read
     hard = F.one_hot(x_gen, vocab_size).to(probs.dtype)
-    z_s = sample_posterior(process, z_t, hard, logsnr_t, logsnr_s, generator=generator)
-    target = probs.detach() if soft else hard
-    return DiscreteDraw(logsnr_t.to(dtype), logsnr_s.to(dtype), z_t, probs, x_gen, z_s, target)
+    z_s = sample_posterior(process, z_t, hard, logsnr_t, logsnr_s, generator=generator, check=False)
+    if target == "posterior":
+        moment = step_x_posterior(process, z_t, z_s, probs, logsnr_t, logsnr_s, check=False)
+        y = moment.detach()
+    else:
+        moment, y = probs, (probs.detach() if target == "soft" else hard)
+    return DiscreteDraw(logsnr_t.to(dtype), logsnr_s.to(dtype), z_t, probs, x_gen, z_s, y, moment)
 
 
 def discrete_student_draw(
@@ -328,7 +351,7 @@ def discrete_student_draw(
     student_steps: int,
     *,
     grad: bool,
-    soft: bool,
+    target: str = "hard",
     generator: torch.Generator | None = None,
 ) -> DiscreteDraw:
     """Levels `t, s` (`mmd_times`: `s ~ U(0, 1)`, `t = min(1, s + U(0, 1/k))`), then
@@ -336,7 +359,7 @@ def discrete_student_draw(
     t, s = mmd_times(x.shape[0], student_steps, generator=generator, device=x.device)
     return student_transition(
         student, x, process, vocab_size, schedule.logsnr(t), schedule.logsnr(s),
-        grad=grad, soft=soft, generator=generator,
+        grad=grad, target=target, generator=generator,
     )  # fmt: skip
 
 
@@ -366,10 +389,9 @@ def dmmd_alternating_loss(
     if update not in ("generator", "auxiliary"):
         raise ValueError(f"update must be 'generator' or 'auxiliary', got {update!r}")
     on_generator = update == "generator"
-    soft = resolve_target(cfg, process) == "soft"
     draw = discrete_student_draw(
         student, x, process, vocab_size, schedule, cfg.student_steps,
-        grad=on_generator, soft=soft, generator=generator,
+        grad=on_generator, target=resolve_target(cfg, process), generator=generator,
     )  # fmt: skip
     with torch.no_grad():
         t_probs = teacher_targets(teacher(draw.z_s, draw.logsnr_s), cfg)
@@ -378,7 +400,7 @@ def dmmd_alternating_loss(
     free = free_positions(draw.z_s, process, vocab_size)
     mismatch = moment_mismatch(t_probs, a_probs.detach(), free)
     if on_generator:
-        surrogate = dmmd_generator_loss(draw.probs, t_probs, a_probs, free)
+        surrogate = dmmd_generator_loss(draw.moment, t_probs, a_probs, free)
     else:
         surrogate = dmmd_auxiliary_loss(draw.target, t_probs, a_probs, free, cfg.aux_teacher_weight)
     return value_with_gradient(mismatch, surrogate)

@@ -20,6 +20,14 @@ encoder and decoder and trains a base model on the latents (sigmoid weighting, s
 `l_0`); sampling is base -> `z_0` (a grid that stops at `l_0`) -> decoder -> `x`, each through a
 registered sampler.
 
+Baselines of the same module (docs/methods/unified_latents.md, "Baselines"): the latent channel
+`q(z_0 | x) = N(mean, diag(var))` is UL's fixed-noise channel (`mean = alpha_0 E(x)`,
+`var = sigma_0^2`) or, with the net's `encoder_variance: learned`, the KL-autoencoder's
+(`mean`, `log var` both from the encoder); the prior is the diffusion prior above or, with the
+net's `prior: {arch: gaussian | standard_normal}`, a plain Gaussian (fitted diagonal variance, or
+`N(0, I)`) whose rate `KL(q(z_0 | x) || p(z_0))` is closed form (`gaussian_rate`). `rate_weight`
+(beta) multiplies the rate term: the KL-autoencoder's `beta`, 1 for UL.
+
 Training methods: `unified_latents` (stage 1, net `unified_latents`) and `ul_base` (stage 2, net
 `ul_base`, `method.kwargs.stage1` names the stage-1 checkpoint).
 """
@@ -64,6 +72,9 @@ class ULConfig:
     parameterization and weighting, sigmoid with bias `b` in the paper) or `"mse"` (a
     deterministic decoder `x_hat(z_0)`, loss `c / 2 e^{mse_logsnr} ||x - x_hat||^2`: a Gaussian
     likelihood of variance `e^{-mse_logsnr}`). `time_sampling` of both diffusion losses.
+    `rate_weight`: `beta` on the rate term (1: the bound as it is; the KL-autoencoder's weight).
+    The prior's kind and the encoder's variance are the net's (`model.kwargs.prior`,
+    `model.kwargs.encoder_variance`); the `prior_*` options concern a diffusion prior only.
     """
 
     latent_logsnr: float = 5.0
@@ -74,9 +85,11 @@ class ULConfig:
     decoder: DecoderKind = "diffusion"
     mse_logsnr: float = 0.0
     time_sampling: Literal["uniform", "antithetic", "stratified"] = "stratified"
+    rate_weight: float = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("latent_logsnr", "prior_logsnr_min", "loss_factor", "mse_logsnr"):
+        for name in ("latent_logsnr", "prior_logsnr_min", "loss_factor", "mse_logsnr",
+                     "rate_weight"):  # fmt: skip
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name} must be a number, got {value!r}")
@@ -92,6 +105,11 @@ class ULConfig:
             raise ValueError(
                 f"loss_factor must be > 0, got {self.loss_factor} (at 0 the decoder is not "
                 "trained and the encoder collapses to zero bits)"
+            )
+        if not self.rate_weight > 0:
+            raise ValueError(
+                f"rate_weight must be > 0, got {self.rate_weight} (without a rate term the "
+                "latent's bits are free)"
             )
         if self.decoder not in ("diffusion", "mse"):
             raise ValueError(f"decoder must be 'diffusion' or 'mse', got {self.decoder!r}")
@@ -121,6 +139,66 @@ def latent_entropy(latent_dims: int, latent_logsnr: float) -> float:
     for every `x` (deterministic encoder, fixed isotropic noise)."""
     sigma2 = 1.0 / (1.0 + math.exp(latent_logsnr))
     return 0.5 * latent_dims * math.log(2 * math.pi * math.e * sigma2)
+
+
+@dataclass
+class LatentSample:
+    """The latent channel `q(z_0 | x) = N(mean, diag(exp(logvar)))` of a batch and one draw
+    `z0` from it. Fixed variance (UL): `clean = y = E(x)`, `mean = alpha_0 y`,
+    `logvar = log sigma_0^2`; learned variance (KL-autoencoder): `clean = mean` the encoder's
+    mean, `logvar` its log-variance."""
+
+    clean: Tensor
+    mean: Tensor
+    logvar: Tensor
+    z0: Tensor
+    learned: bool
+
+
+def channel_stats(
+    net: UnifiedLatentsNet, x: Tensor, options: ULConfig
+) -> tuple[Tensor, Tensor, Tensor, bool]:
+    """`(clean, mean, logvar, learned)` of `q(z_0 | x)` (no draw; see `LatentSample`)."""
+    clean, logvar = net.encode_stats(x)
+    if logvar is None:
+        l0 = options.latent_logsnr
+        alpha0 = math.sqrt(1.0 / (1.0 + math.exp(-l0)))
+        log_sigma2 = -math.log1p(math.exp(l0))  # log sigmoid(-l_0)
+        return clean, alpha0 * clean, torch.full_like(clean, log_sigma2), False
+    return clean, clean, logvar, True
+
+
+def encode_latent(
+    net: UnifiedLatentsNet,
+    x: Tensor,
+    options: ULConfig,
+    generator: torch.Generator | None = None,
+) -> LatentSample:
+    """Encode `x` and draw `z_0 ~ q(z_0 | x)` (one normal draw from `generator`)."""
+    clean, mean, logvar, learned = channel_stats(net, x, options)
+    eps = torch.randn(clean.shape, generator=generator, device=x.device, dtype=clean.dtype)
+    if learned:
+        z0 = mean + torch.exp(0.5 * logvar) * eps
+    else:
+        z0 = noisy_latent(clean, options.latent_logsnr, eps)
+    return LatentSample(clean, mean, logvar, z0, learned)
+
+
+def gaussian_rate(mean: Tensor, logvar: Tensor, prior_logvar: Tensor) -> Tensor:
+    """`KL(N(mean, diag(e^logvar)) || N(0, diag(e^prior_logvar)))` in nats per example, summed
+    over dimensions: `1/2 sum[(e^logvar + mean^2) e^-prior_logvar - 1 - logvar + prior_logvar]`
+    (`prior_logvar` broadcasts over the batch)."""
+    var_ratio = torch.exp(logvar - prior_logvar)
+    kl = 0.5 * (var_ratio + mean.pow(2) * torch.exp(-prior_logvar) - 1 - logvar + prior_logvar)
+    return kl.flatten(1).sum(1)
+
+
+def learned_variance_correction(logvar: Tensor, latent_logsnr: float) -> Tensor:
+    """`E[reconstruction] - H(q(z_0 | x)) = -1/2 sum(l_0 + logvar)` nats per example: what turns
+    the diffusion prior's prior + diffusion terms on a drawn `z_0` into the rate of a
+    learned-variance channel (the prior then models `z_0` itself, with VDM's Gaussian
+    reconstruction of variance `e^{-l_0}` at its top level `l_0`)."""
+    return -0.5 * (logvar + latent_logsnr).flatten(1).sum(1)
 
 
 @dataclass
@@ -192,6 +270,63 @@ def prior_loss(
     return prior_kl(z_clean, schedule.logsnr_min) + d * diffusion
 
 
+def rate_term(
+    net: UnifiedLatentsNet,
+    latent: LatentSample,
+    options: ULConfig,
+    *,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The rate `KL(q(z_0 | x) || p(z_0))` (a bound on it) in nats per example, as trained:
+
+    - diffusion prior, fixed variance (UL): `prior_loss` on `z_clean` (one draw of `(t, eps)`);
+    - diffusion prior, learned variance: `prior_loss` on the drawn `z_0` plus
+      `learned_variance_correction` (the NELBO of `z_0` minus the entropy of `q(z_0 | x)`);
+    - a Gaussian prior (`gaussian`, `standard_normal`): `gaussian_rate`, exact, no draw; in
+      training mode a fitted prior first takes one running-average step towards the batch's
+      `E_q[z_0^2]` (`GaussianLatentPrior.observe`)."""
+    if net.config.prior_kind != "diffusion":
+        if net.training:  # a fitted Gaussian moves towards this batch's E_q[z_0^2] first
+            net.prior.observe((latent.logvar.exp() + latent.mean.pow(2)).mean(0))
+        return gaussian_rate(latent.mean, latent.logvar, net.prior.log_variance(latent.mean))
+    prior = as_denoiser(net.prior, options.prior_prediction)
+    target = latent.z0 if latent.learned else latent.clean
+    rate = prior_loss(
+        prior, target, options.build_prior_schedule(), time_sampling=options.time_sampling,
+        generator=generator,
+    )  # fmt: skip
+    if latent.learned:
+        rate = rate + learned_variance_correction(latent.logvar, options.latent_logsnr)
+    return rate
+
+
+def latent_rate(
+    net: UnifiedLatentsNet,
+    x: Tensor,
+    options: ULConfig,
+    *,
+    num_t: int = 16,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """The rate of `x` for evaluation, nats per example: `latent_bits` (`num_t` stratified
+    levels) for a diffusion prior, `gaussian_rate` (exact) for a Gaussian one."""
+    clean, mean, logvar, learned = channel_stats(net, x, options)
+    if net.config.prior_kind != "diffusion":
+        return gaussian_rate(mean, logvar, net.prior.log_variance(mean))
+    target = clean
+    if learned:
+        eps = torch.randn(clean.shape, generator=generator, device=x.device, dtype=clean.dtype)
+        target = mean + torch.exp(0.5 * logvar) * eps
+    bits = latent_bits(
+        as_denoiser(net.prior, options.prior_prediction), target,
+        latent_logsnr=options.latent_logsnr, logsnr_min=options.prior_logsnr_min, pixels=1,
+        num_t=num_t, generator=generator,
+    )  # fmt: skip
+    if learned:
+        return bits.rate + learned_variance_correction(logvar, options.latent_logsnr)
+    return bits.rate
+
+
 def decoder_denoiser(
     net: UnifiedLatentsNet, z0: Tensor, prediction: str, clip_x: float | None = None
 ) -> Denoise:
@@ -209,9 +344,9 @@ def mse_decode(net: UnifiedLatentsNet, z0: Tensor) -> Tensor:
 
 @dataclass
 class ULTerms:
-    """Per-example terms of one joint step: `prior` (nats, the rate bound plus nothing else),
-    `decoder` (the weighted decoder loss times `c`, summed over pixels), `loss` = their sum per
-    pixel dimension (what the trainer minimises)."""
+    """Per-example terms of one joint step: `prior` (nats, the rate bound `rate_term`),
+    `decoder` (the weighted decoder loss times `c`, summed over pixels), `loss` =
+    `(rate_weight * prior + decoder)` per pixel dimension (what the trainer minimises)."""
 
     prior: Tensor
     decoder: Tensor
@@ -228,16 +363,12 @@ def ul_loss(
     prediction: str,
     generator: torch.Generator | None = None,
 ) -> ULTerms:
-    """One joint UL step: encode, noise the latent to `l_0`, then the prior's ELBO on `z_clean`
-    and the decoder's weighted loss given `z_0`, each with its own draws of `(t, eps)`."""
-    z_clean = net.encode(x)
-    eps = torch.randn(z_clean.shape, generator=generator, device=x.device, dtype=z_clean.dtype)
-    z0 = noisy_latent(z_clean, options.latent_logsnr, eps)
-    prior = as_denoiser(net.prior, options.prior_prediction)
-    l_z = prior_loss(
-        prior, z_clean, options.build_prior_schedule(), time_sampling=options.time_sampling,
-        generator=generator,
-    )  # fmt: skip
+    """One joint UL step: encode, draw `z_0 ~ q(z_0 | x)` (UL: noise to `l_0`), then the rate
+    (`rate_term`: the prior's ELBO on `z_clean`, or a closed form) and the decoder's weighted
+    loss given `z_0`, each diffusion loss with its own draws of `(t, eps)`."""
+    latent = encode_latent(net, x, options, generator)
+    z0 = latent.z0
+    l_z = rate_term(net, latent, options, generator=generator)
     d = x[0].numel()
     if options.decoder == "mse":
         err = (x - mse_decode(net, z0)).float().pow(2).flatten(1).sum(1)
@@ -248,7 +379,7 @@ def ul_loss(
             time_sampling=options.time_sampling, generator=generator,
         )  # fmt: skip
         l_x = options.loss_factor * d * per_dim
-    return ULTerms(l_z, l_x, (l_z + l_x) / d)
+    return ULTerms(l_z, l_x, (options.rate_weight * l_z + l_x) / d)
 
 
 # --------------------------------------------------------------------------- sampling
@@ -278,6 +409,48 @@ def sample_latents(
     spec.check_options(dict(options or {}))
     z = torch.randn(num, *shape, generator=generator, device=device)
     return spec.fn(prior, z, latent_grid(schedule, steps), generator=generator, **(options or {}))
+
+
+def sample_z0(
+    stage1: UnifiedLatentsNet,
+    latent_denoiser: Denoise | None,
+    latent_schedule: Schedule | None,
+    *,
+    num: int,
+    sampler: str = "ddim",
+    steps: int = 32,
+    options: Mapping[str, Any] | None = None,
+    generator: torch.Generator | None = None,
+    device: str | torch.device = "cpu",
+) -> Tensor:
+    """`num` draws of the latent the decoder takes, `z_0`:
+
+    - `latent_denoiser` None (stage 1 with a Gaussian prior): `z_0 ~ N(0, diag(s^2))`;
+    - fixed-variance encoder: the sampler's output at the schedule's end `l_0` (`sample_latents`);
+    - learned-variance encoder: the denoiser models `z_0` itself, as VDM's density with a
+      Gaussian reconstruction at the schedule's top `l`: `z_0 = z_l / alpha_l + e^{-l/2} eps`."""
+    shape = stage1.config.latent_shape
+    if latent_denoiser is None:
+        noise = torch.randn(num, *shape, generator=generator, device=device)
+        return noise * torch.exp(0.5 * stage1.prior.log_variance(noise))
+    if latent_schedule is None:
+        raise ValueError("latent_schedule is needed with a latent denoiser")
+    z = sample_latents(
+        latent_denoiser, shape, latent_schedule, num=num, sampler=sampler, steps=steps,
+        options=options, generator=generator, device=device,
+    )  # fmt: skip
+    if stage1.config.encoder_variance == "learned":
+        top = latent_schedule.logsnr_max
+        noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+        z = z * math.sqrt(1.0 + math.exp(-top)) + math.exp(-0.5 * top) * noise
+    return z
+
+
+def stage1_latent_denoiser(net: UnifiedLatentsNet, options: ULConfig) -> Denoise | None:
+    """The stage-1 prior as a latent `Denoise` (None for a Gaussian prior)."""
+    if net.config.prior_kind != "diffusion":
+        return None
+    return as_denoiser(net.prior, options.prior_prediction)
 
 
 def decode(
@@ -311,8 +484,8 @@ def generate_images(
     stage1: UnifiedLatentsNet,
     options: ULConfig,
     *,
-    latent_denoiser: Denoise,
-    latent_schedule: Schedule,
+    latent_denoiser: Denoise | None,
+    latent_schedule: Schedule | None,
     image_schedule: Schedule,
     prediction: str,
     num: int,
@@ -322,17 +495,17 @@ def generate_images(
     seed: int = 0,
     batch_size: int = 256,
 ) -> Tensor:
-    """base (or prior) -> `z_0` -> decoder -> `x`, in batches; `[num, C, H, W]` on the CPU."""
+    """base (or prior) -> `z_0` (`sample_z0`) -> decoder -> `x`, in batches; `[num, C, H, W]`
+    on the CPU."""
     device = next(stage1.parameters()).device
     gen = torch.Generator(device).manual_seed(seed)
     out = []
     with torch.inference_mode():
         for lo in range(0, num, batch_size):
             n = min(batch_size, num - lo)
-            z0 = sample_latents(
-                latent_denoiser, stage1.config.latent_shape, latent_schedule, num=n,
-                sampler=sampler, steps=steps, options=sampler_options, generator=gen,
-                device=device,
+            z0 = sample_z0(
+                stage1, latent_denoiser, latent_schedule, num=n, sampler=sampler, steps=steps,
+                options=sampler_options, generator=gen, device=device,
             )  # fmt: skip
             x = decode(
                 stage1, z0, options, image_schedule=image_schedule, prediction=prediction,
@@ -362,10 +535,8 @@ def reconstruct(
     steps: int = 32,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """`x -> z_clean -> z_0 (fresh noise) -> decoder -> x_rec`."""
-    z_clean = net.encode(x)
-    eps = torch.randn(z_clean.shape, generator=generator, device=x.device, dtype=x.dtype)
-    z0 = noisy_latent(z_clean, options.latent_logsnr, eps)
+    """`x -> z_0 ~ q(z_0 | x) (fresh noise) -> decoder -> x_rec`."""
+    z0 = encode_latent(net, x, options, generator).z0
     return decode(
         net, z0, options, image_schedule=image_schedule, prediction=prediction, sampler=sampler,
         steps=steps, generator=generator,
@@ -385,23 +556,20 @@ def stage1_metrics(
     seed: int = 0,
     batch_size: int = 250,
 ) -> dict[str, float]:
-    """Reconstruction PSNR (dB, mean over images) and the latent bitrate bound (bits per pixel,
-    mean; and nats per latent dimension) of `images` (`[N, C, H, W]` in [-1, 1])."""
+    """Reconstruction PSNR (dB, mean over images) and the latent bitrate bound (`latent_rate`;
+    bits per pixel, mean; and nats per latent dimension) of `images` (`[N, C, H, W]` in
+    [-1, 1])."""
     device = next(net.parameters()).device
     gen = torch.Generator(device).manual_seed(seed)
-    prior = as_denoiser(net.prior, options.prior_prediction)
     pixels = images.shape[-1] * images.shape[-2]
+    latent_dims = math.prod(net.config.latent_shape)
     psnrs, bpp, rates = [], [], []
     with torch.inference_mode():
         for batch in images.split(batch_size):
             x = batch.to(device)
-            z_clean = net.encode(x)
-            bits = latent_bits(
-                prior, z_clean, latent_logsnr=options.latent_logsnr,
-                logsnr_min=options.prior_logsnr_min, pixels=pixels, num_t=num_t, generator=gen,
-            )  # fmt: skip
-            bpp.append(bits.bits_per_pixel.cpu())
-            rates.append(bits.rate.cpu() / z_clean[0].numel())
+            rate = latent_rate(net, x, options, num_t=num_t, generator=gen)
+            bpp.append(rate.cpu() / (LN2 * pixels))
+            rates.append(rate.cpu() / latent_dims)
             rec = reconstruct(
                 net, x, options, image_schedule=image_schedule, prediction=prediction,
                 sampler=sampler, steps=steps, generator=gen,
@@ -450,9 +618,9 @@ def _build_stage1(cfg: TrainConfig, net: nn.Module, dataset: Any) -> MethodParts
 
     def sample_fn(model: nn.Module, noise: Tensor, labels: Tensor | None) -> Tensor:
         model = _unwrap(model)
-        prior = as_denoiser(model.prior, options.prior_prediction)
         return generate_images(
-            model, options, latent_denoiser=prior, latent_schedule=prior_schedule,
+            model, options, latent_denoiser=stage1_latent_denoiser(model, options),
+            latent_schedule=prior_schedule,
             image_schedule=image_schedule, prediction=prediction, num=noise.shape[0],
             steps=max(1, cfg.train.sample_steps), seed=cfg.train.seed,
         ).to(noise.device)  # fmt: skip
@@ -492,7 +660,9 @@ def load_stage1(
 
 def check_base_matches(cfg: TrainConfig, base: LatentBaseNet, stage1_options: ULConfig,
                        stage1: UnifiedLatentsNet) -> None:  # fmt: skip
-    """The base net has the latent shape and its schedule ends at the latent's level."""
+    """The base net has the latent shape and (fixed-variance encoder) its schedule ends at the
+    latent's level; a learned-variance encoder's base models the drawn `z_0` itself, to the
+    schedule's top."""
     if tuple(base.config.latent_shape) != tuple(stage1.config.latent_shape):
         raise ValueError(
             f"config key model.kwargs: the base net's latent shape {base.config.latent_shape} "
@@ -506,11 +676,25 @@ def check_base_matches(cfg: TrainConfig, base: LatentBaseNet, stage1_options: UL
             f"image_resolution) differs from the stage-1 images {stage1.config.image_shape}"
         )
     top = cfg.diffusion.build_schedule().logsnr_max
-    if abs(top - stage1_options.latent_logsnr) > 1e-6:
+    if stage1.config.encoder_variance == "fixed" and abs(top - stage1_options.latent_logsnr) > 1e-6:
         raise ValueError(
             f"config key diffusion.schedule_kwargs.logsnr_max: the base schedule must end at the "
             f"latent's level {stage1_options.latent_logsnr}, got {top}"
         )
+
+
+def base_target(
+    stage1: UnifiedLatentsNet,
+    x: Tensor,
+    options: ULConfig,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """What the stage-2 base model learns: `z_clean` for a fixed-variance encoder (its sampler
+    stops at `l_0` and returns a draw of `z_0`), a draw `z_0 ~ q(z_0 | x)` for a learned-variance
+    encoder (the Stable-Diffusion recipe)."""
+    if stage1.config.encoder_variance == "fixed":
+        return stage1.encode(x)
+    return encode_latent(stage1, x, options, generator).z0
 
 
 def _build_stage2(cfg: TrainConfig, net: nn.Module, dataset: Any) -> MethodParts:
@@ -524,9 +708,9 @@ def _build_stage2(cfg: TrainConfig, net: nn.Module, dataset: Any) -> MethodParts
     def loss_fn(models: Mapping[str, nn.Module], batch, generator: torch.Generator) -> Tensor:
         x, _ = batch
         with torch.no_grad():
-            z_clean = models["stage1"].encode(x)
+            target = base_target(models["stage1"], x, ul, generator)
         return diffusion_loss(
-            as_denoiser(models["net"], cfg.diffusion.prediction), z_clean, schedule, weighting,
+            as_denoiser(models["net"], cfg.diffusion.prediction), target, schedule, weighting,
             time_sampling=cfg.diffusion.time_sampling, generator=generator,
         )  # fmt: skip
 
@@ -553,13 +737,14 @@ UL_METHODS = ("unified_latents", "ul_base")
 @dataclass
 class ULModel:
     """A loaded UL model ready to sample: the stage-1 net and options, the latent denoiser
-    (stage 2: the base model; stage 1: the ELBO-trained prior) with its schedule."""
+    (stage 2: the base model; stage 1: the ELBO-trained prior, None for a Gaussian prior) with
+    its schedule."""
 
     stage1: UnifiedLatentsNet
     options: ULConfig
     image_schedule: Schedule
     prediction: str
-    latent_denoiser: Denoise
+    latent_denoiser: Denoise | None
     latent_schedule: Schedule
     stage: int
 
@@ -570,7 +755,7 @@ def ul_model(net: nn.Module, cfg: TrainConfig) -> ULModel:
         ul = ULConfig(**cfg.method.kwargs)
         return ULModel(
             net, ul, cfg.diffusion.build_schedule(), cfg.diffusion.prediction,
-            as_denoiser(net.prior, ul.prior_prediction), ul.build_prior_schedule(), 1,
+            stage1_latent_denoiser(net, ul), ul.build_prior_schedule(), 1,
         )  # fmt: skip
     if cfg.method.name == "ul_base":
         base = ULBaseConfig(**cfg.method.kwargs)
@@ -632,6 +817,8 @@ def sample_to_folder(
         "latent_grid": "uniform_t ending at latent_logsnr",
         "latent_logsnr": ul.options.latent_logsnr,
         "decoder": ul.options.decoder,
+        "prior": ul.stage1.config.prior_kind,
+        "encoder_variance": ul.stage1.config.encoder_variance,
         "seed": seed,
         "num": num,
         "seconds": round(seconds, 3),
@@ -686,23 +873,33 @@ __all__ = [
     "UL_METHODS",
     "LatentBits",
     "ULBaseConfig",
+    "LatentSample",
     "ULConfig",
     "ULModel",
     "ULTerms",
+    "base_target",
+    "channel_stats",
     "decode",
     "decoder_denoiser",
+    "encode_latent",
     "evaluate_ul",
+    "gaussian_rate",
     "generate_images",
     "latent_bits",
     "latent_entropy",
     "latent_grid",
+    "latent_rate",
+    "learned_variance_correction",
     "load_stage1",
     "noisy_latent",
     "prior_loss",
     "psnr",
+    "rate_term",
     "reconstruct",
     "sample_latents",
     "sample_to_folder",
+    "sample_z0",
+    "stage1_latent_denoiser",
     "stage1_metrics",
     "ul_generate",
     "ul_loss",

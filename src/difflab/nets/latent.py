@@ -6,8 +6,12 @@ prior and a pixel decoder conditioned on the noisy latent, held by one module.
   patching); each further level halves the resolution with a stride-2 convolution. No output
   normalisation: the scale of `z_clean` against the fixed latent noise is what sets the bitrate,
   and the prior's ELBO pays for it.
+  With `encoder_variance: learned` it outputs twice the latent channels, a mean and a
+  log-variance per latent dimension (the KL-autoencoder's encoder).
 - The prior is a U-ViT, residual U-ViT or U-Net (`PARTS`) over latents (`in_channels =
-  latent_channels`, `resolution = h`); at 7x7 latents a one-level U-Net.
+  latent_channels`, `resolution = h`); at 7x7 latents a one-level U-Net. Or a plain Gaussian
+  (`GaussianLatentPrior`): `{arch: gaussian}` (zero mean, per latent dimension the variance
+  fitted to the latents' running second moment) or `{arch: standard_normal}` (`N(0, I)`).
 - `LatentConditionedDecoder`: a pixel denoiser of `PARTS` whose input is the concatenation of
   `x_t` and the nearest-neighbour upsampled noisy latent `z_0` (so the wrapped net is built with
   `in_channels = C + latent_channels`); only the first `C` output channels are the prediction.
@@ -44,6 +48,40 @@ def _build(name: str, **kwargs) -> DiffusionNet:
     return build_from_registry(PARTS, name, kwargs, " for a UL part")
 
 
+GAUSSIAN_PRIORS = ("gaussian", "standard_normal")
+"""Prior archs that are a plain Gaussian over the latent (not a diffusion net)."""
+ENCODER_VARIANCES = ("fixed", "learned")
+
+
+class GaussianLatentPrior(nn.Module):
+    """`p(z_0) = N(0, diag(s^2))` over latents of `shape`. `fitted`: `s^2` is the running
+    average (`momentum`) of the batches' `E_q[z_0^2]` per latent dimension (buffer
+    `second_moment`, initialised to 1), the variance that minimises the mean KL of the
+    latent channel to a zero-mean Gaussian (moment matching; updated by the training step through
+    `observe`, fixed at evaluation). Otherwise `N(0, I)`, no state."""
+
+    momentum: ClassVar[float] = 0.9
+
+    def __init__(self, shape: tuple[int, ...], fitted: bool):
+        super().__init__()
+        self.shape, self.fitted = tuple(shape), fitted
+        if fitted:
+            self.register_buffer("second_moment", torch.ones(self.shape))
+
+    def log_variance(self, like: Tensor) -> Tensor:
+        """The prior's log-variance `[*shape]` in the dtype and on the device of `like`."""
+        if self.fitted:
+            return self.second_moment.log().to(device=like.device, dtype=like.dtype)
+        return like.new_zeros(self.shape)
+
+    @torch.no_grad()
+    def observe(self, moment: Tensor) -> None:
+        """One running-average step towards a batch's `E_q[z_0^2]` (`[*shape]`); a no-op for
+        `N(0, I)`."""
+        if self.fitted:
+            self.second_moment.lerp_(moment.detach().to(self.second_moment), 1 - self.momentum)
+
+
 def _net_kwargs(spec: dict[str, Any], what: str) -> tuple[str, dict[str, Any]]:
     """`{"arch": name, **config}` -> `(name, config)`; `in_channels`/`resolution` are set here."""
     if not isinstance(spec, dict) or "arch" not in spec:
@@ -74,7 +112,8 @@ class PlainResBlock(nn.Module):
 class LatentEncoder(nn.Module):
     """Space-to-depth by `patch_size`, then per level `blocks` residual blocks of width
     `channels[i]`, a stride-2 convolution between levels, and a 3x3 convolution to
-    `latent_channels`. Output resolution `resolution / (patch_size * 2**(len(channels) - 1))`."""
+    `latent_channels` (times `out_factor`: 2 stacks a mean and a log-variance). Output
+    resolution `resolution / (patch_size * 2**(len(channels) - 1))`."""
 
     def __init__(
         self,
@@ -83,6 +122,7 @@ class LatentEncoder(nn.Module):
         patch_size: int,
         channels: tuple[int, ...],
         blocks: int,
+        out_factor: int = 1,
     ):
         super().__init__()
         self.patch_size = patch_size
@@ -94,7 +134,7 @@ class LatentEncoder(nn.Module):
             layers.extend(PlainResBlock(ch) for _ in range(blocks))
         self.body = nn.Sequential(*layers)
         self.norm = group_norm(channels[-1])
-        self.out = nn.Conv2d(channels[-1], latent_channels, 3, padding=1)
+        self.out = nn.Conv2d(channels[-1], latent_channels * out_factor, 3, padding=1)
 
     def forward(self, x: Tensor) -> Tensor:
         p = self.patch_size
@@ -126,8 +166,12 @@ class UnifiedLatentsConfig:
     the encoder's `patch_size` and `encoder_channels` (one entry per level, each after the
     first halving the resolution) fix the latent shape; `encoder_blocks` residual blocks per
     level. `prior`, `decoder`: `{"arch": <a PARTS name>, **its config}` without
-    `in_channels`/`resolution` (set from the latent and image shapes). `num_classes` is 0:
-    the stage-1 model is unconditional (the trainer reads this field)."""
+    `in_channels`/`resolution` (set from the latent and image shapes); the prior may also be a
+    plain Gaussian, `{"arch": "gaussian"}` (fitted diagonal variance) or
+    `{"arch": "standard_normal"}`. `encoder_variance`: `"fixed"` (a deterministic encoder; the
+    method adds noise of one fixed level) or `"learned"` (the encoder outputs a mean and a
+    log-variance, the KL-autoencoder's). `num_classes` is 0: the stage-1 model is unconditional
+    (the trainer reads this field)."""
 
     in_channels: int = 1
     resolution: int = 28
@@ -135,6 +179,7 @@ class UnifiedLatentsConfig:
     patch_size: int = 2
     encoder_channels: tuple[int, ...] = (32, 64)
     encoder_blocks: int = 1
+    encoder_variance: str = "fixed"
     prior: dict[str, Any] = field(
         default_factory=lambda: {"arch": "unet", "channels": [64], "num_blocks": 1,
                                  "emb_dim": 64, "heads": 2}
@@ -165,8 +210,23 @@ class UnifiedLatentsConfig:
         if self.num_classes != 0:
             raise ValueError("config field num_classes must be 0: the UL stage-1 net is "
                              "unconditional")  # fmt: skip
-        _net_kwargs(self.prior, "prior")
+        if self.encoder_variance not in ENCODER_VARIANCES:
+            raise ValueError(
+                f"config field encoder_variance must be 'fixed' or 'learned', got "
+                f"{self.encoder_variance!r}"
+            )
+        name, kwargs = _net_kwargs(self.prior, "prior")
+        if name in GAUSSIAN_PRIORS and kwargs:
+            raise ValueError(
+                f"config field prior: the {name!r} prior takes no other keys, got {sorted(kwargs)}"
+            )
         _net_kwargs(self.decoder, "decoder")
+
+    @property
+    def prior_kind(self) -> str:
+        """`"diffusion"` (a `PARTS` net), `"gaussian"` or `"standard_normal"`."""
+        name = self.prior["arch"]
+        return name if name in GAUSSIAN_PRIORS else "diffusion"
 
     @property
     def downsample(self) -> int:
@@ -196,11 +256,17 @@ class UnifiedLatentsNet(nn.Module):
                             f"{type(config).__name__}")  # fmt: skip
         self.config = c = config
         cz, side, _ = c.latent_shape
+        learned = c.encoder_variance == "learned"
         self.encoder = LatentEncoder(
-            c.in_channels, cz, c.patch_size, c.encoder_channels, c.encoder_blocks
-        )
+            c.in_channels, cz, c.patch_size, c.encoder_channels, c.encoder_blocks,
+            out_factor=2 if learned else 1,
+        )  # fmt: skip
         name, kwargs = _net_kwargs(c.prior, "prior")
-        self.prior = _build(name, in_channels=cz, resolution=side, **kwargs)
+        self.prior: nn.Module
+        if name in GAUSSIAN_PRIORS:
+            self.prior = GaussianLatentPrior(c.latent_shape, fitted=name == "gaussian")
+        else:
+            self.prior = _build(name, in_channels=cz, resolution=side, **kwargs)
         name, kwargs = _net_kwargs(c.decoder, "decoder")
         pixel = _build(name, in_channels=c.in_channels + cz, resolution=c.resolution, **kwargs)
         self.decoder = LatentConditionedDecoder(pixel, c.in_channels, c.downsample)
@@ -208,14 +274,23 @@ class UnifiedLatentsNet(nn.Module):
     def spec(self) -> dict:
         return {"arch": self.arch, "config": dataclasses.asdict(self.config)}
 
-    def encode(self, x: Tensor) -> Tensor:
-        """`z_clean = E(x)`: deterministic."""
+    def encode_stats(self, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """`(mean, logvar)` of the encoder: `logvar` is None for a fixed-variance encoder
+        (`mean = z_clean = E(x)`), else clamped to [-30, 20]."""
         if x.ndim != 4 or tuple(x.shape[1:]) != self.config.image_shape:
             raise ValueError(
                 f"x must have shape [B, {', '.join(map(str, self.config.image_shape))}], got "
                 f"{tuple(x.shape)}"
             )
-        return self.encoder(x)
+        out = self.encoder(x)
+        if self.config.encoder_variance == "fixed":
+            return out, None
+        mean, logvar = out.chunk(2, dim=1)
+        return mean, logvar.clamp(-30.0, 20.0)
+
+    def encode(self, x: Tensor) -> Tensor:
+        """`z_clean = E(x)` (deterministic; the mean for a learned-variance encoder)."""
+        return self.encode_stats(x)[0]
 
     def forward(
         self, z: Tensor, logsnr: Tensor, labels: Tensor | None = None, *, latent: Tensor

@@ -17,12 +17,16 @@ averaged away over radial frequency bands and channels (`pooling="example"`), ov
 (`"batch"`: one spectrum per level) or both (`"profile"`, the default: per-example band levels
 times the batch's within-band shape), and the result is clipped to `[0, prior_var]`.
 
-- `variant="stochastic"`: `delta = F^T (sqrt(c) * xi)`, fresh structured noise.
+- `variant="stochastic"`: by default (`draw="jvp"`) `delta = F^T (g_b * w)`, the probe's
+  response `w = F Cov F^T u` (from the same JVP) rescaled per band so that its energy is the
+  estimated variance: it has the posterior's own directions (the mode differences, the uncertain
+  pixels) where independent coefficients (`draw="diagonal"`, `delta = F^T (sqrt(c) * xi)`) turn
+  them into stationary noise (`response_noise`; docs/methods/cov_ddim.md, "The shape of the draw").
 - `variant="deterministic"`: no fresh noise; per band, `eps_hat` is rescaled so its energy grows
   by `kappa^2 c_b` per coefficient, `scale_b = sqrt(sigma_s^2 + kappa^2 c_b / mean_b(E^2))` with
   `E = F eps_hat` (aDDIM, `sampling/addim.py`, is the one-band case with `x_var` from a formula).
-- The last step to logsnr = +inf has `kappa = 1`: by default it returns a sample of
-  `N(x_hat, Cov)` (`final="stochastic"`) instead of the mean (`final="mean"`, no JVP there).
+- The last step to logsnr = +inf has `kappa = 1`: by default it returns a posterior draw
+  around `x_hat` (`final="stochastic"`) instead of the mean (`final="mean"`, no JVP there).
 
 `cov_ddim_table` replaces the JVP by a table of the batch-average it estimates:
 `E_z Cov[x | z_t] = E (x - x_hat)(x - x_hat)^T` (law of total variance), measured once per model
@@ -64,6 +68,7 @@ VARIANTS = ("stochastic", "deterministic")
 FINALS = ("stochastic", "deterministic", "mean")
 PROBES = ("rademacher", "gaussian")
 POOLINGS = ("batch", "example", "profile")
+DRAWS = ("jvp", "diagonal")
 
 
 @dataclass(frozen=True)
@@ -124,16 +129,39 @@ def draw_probe(shape: torch.Size, probe: str, generator, like: Tensor) -> Tensor
     return torch.randn(shape, generator=generator, device=like.device, dtype=like.dtype)
 
 
-def tweedie_probe(
+def tweedie_response(
     denoise: Denoise, z: Tensor, logsnr: Tensor, basis: BandBasis, u: Tensor
 ) -> tuple[Tensor, Tensor]:
-    """`(x_hat, u * (F Cov F^T u))`: the posterior mean and the per-coefficient Hutchinson
-    products of `Cov[x | z] = (sigma^2 / alpha) dx_hat/dz` from one JVP along `F^T u`."""
+    """`(x_hat, F Cov F^T u)`: the posterior mean and the response of `Cov[x | z] = (sigma^2 /
+    alpha) dx_hat/dz` to the probe `u` (DCT coordinates), from one JVP along `F^T u`."""
     level = level_for(logsnr, z)
     with sdpa_kernel(SDPBackend.MATH):  # the fused attention kernels have no forward-mode AD
         x_hat, jv = torch.func.jvp(lambda y: denoise(y, level), (z,), (basis.from_freq(u),))
     alpha, sigma = alpha_sigma(broadcast_logsnr(logsnr, z))
-    return x_hat, u * basis.to_freq(sigma**2 / alpha * jv)
+    return x_hat, basis.to_freq(sigma**2 / alpha * jv)
+
+
+def tweedie_probe(
+    denoise: Denoise, z: Tensor, logsnr: Tensor, basis: BandBasis, u: Tensor
+) -> tuple[Tensor, Tensor]:
+    """`(x_hat, u * (F Cov F^T u))`: the posterior mean and the per-coefficient Hutchinson
+    products of `Cov[x | z]` from one JVP along `F^T u`."""
+    x_hat, response = tweedie_response(denoise, z, logsnr, basis, u)
+    return x_hat, u * response
+
+
+def response_noise(response: Tensor, c: Tensor, basis: BandBasis) -> Tensor:
+    """Unit noise `n` (DCT coordinates) with `sqrt(c) * n = g * response`: the probe's response
+    `w = F Cov F^T u`, rescaled per example and band so that its energy is the band's variance,
+    `g_b^2 = mean_b(c) / mean_b(w^2)` (docs/methods/cov_ddim.md, "The shape of the draw"). Its
+    covariance is `Cov G Cov`: `Cov` where `Cov` restricted to a band is a multiple of a
+    projector (a flat DCT-diagonal band, one mode direction, a spatial mask), and zero wherever
+    the posterior is certain. Without bands (`num_bands=None`) every coefficient is its own band
+    and the draw is `sqrt(c) * sign(w)`: diagonal again, with Rademacher signs."""
+    energy = basis.pool(response * response).clamp_min(torch.finfo(c.dtype).tiny)
+    gain = basis.expand((basis.pool(c.expand(response.shape)) / energy).sqrt(), response.shape)
+    root = c.sqrt()
+    return torch.where(root > 0, gain * response / root.clamp_min(torch.finfo(c.dtype).tiny), 0)
 
 
 def tweedie_band_covariance(
@@ -183,9 +211,12 @@ def cov_ddim_step(
     noise: Tensor | None = None,
     *,
     eta: float = 0.0,
+    shaped: Tensor | None = None,
 ) -> Tensor:
     """One transition with the DCT-diagonal posterior variance map `c` (module docstring);
-    `noise` (standard normal, DCT coordinates) is needed for the stochastic variant or eta > 0.
+    `noise` (standard normal, DCT coordinates) is needed for the stochastic variant (unless
+    `shaped` is given) or eta > 0. `shaped`: unit posterior noise (DCT coordinates; default
+    `noise`): the stochastic variant's posterior draw is `F^T(sqrt(c) * shaped)`.
 
     `eta > 0` starts from DDIM(eta): `w^2 = eta^2 sigma_s^2 (1 - e^{l_t - l_s})` of the noise
     is fresh white noise, `eps_hat` keeps `sqrt(sigma_s^2 - w^2)`, and the slope in `x` becomes
@@ -202,9 +233,12 @@ def cov_ddim_step(
     eps_hat = eps_from_x(z, x_hat, l_t)
     if variant == "stochastic":
         out = alpha_s * x_hat + keep * eps_hat
+        post = noise if shaped is None else shaped
         if white is None:
-            return out + kappa * basis.from_freq(c.sqrt() * noise)
-        return out + basis.from_freq((white + kappa**2 * c).sqrt() * noise)
+            return out + kappa * basis.from_freq(c.sqrt() * post)
+        if shaped is None:
+            return out + basis.from_freq((white + kappa**2 * c).sqrt() * noise)
+        return out + basis.from_freq(kappa * c.sqrt() * shaped + white.sqrt() * noise)
     e = basis.to_freq(eps_hat)
     energy = basis.pool(e * e).clamp_min(torch.finfo(z.dtype).tiny)
     added = basis.pool(c.expand(z.shape)) / energy
@@ -224,8 +258,10 @@ def check_rules(variant: str, final: str | None) -> str:
     return final
 
 
-Estimate = Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
-"""`(z, l_t) -> (x_hat, variance map)`: one denoiser call (with or without a JVP)."""
+Estimate = Callable[[Tensor, Tensor], tuple[Tensor, ...]]
+"""`(z, l_t) -> (x_hat, variance map)` or `(x_hat, variance map, unit posterior noise)`: one
+denoiser call (with or without a JVP); the noise, if given, shapes the stochastic draw
+(`cov_ddim_step`'s `shaped`)."""
 
 
 def run_cov(
@@ -255,18 +291,19 @@ def run_cov(
         rule = final if i == steps - 1 else variant
         weight = 1.0 if cov_weights is None else cov_weights[i]
         plain = rule == "mean" or weight == 0
-        x_hat, c = (denoise(z, level_for(l_t, z)), None) if plain else estimate(z, l_t)
+        out = (denoise(z, level_for(l_t, z)), None) if plain else estimate(z, l_t)
+        x_hat, c, shaped = out[0], out[1], (out[2] if len(out) > 2 else None)
         x_bar = x_hat
         if extrapolation is not None and x_prev is not None:
             x_bar = x_hat + broadcast_logsnr(extrapolation[i], z) * (x_hat - x_prev)
         noise = None
-        if (not plain and rule == "stochastic") or eta > 0:
+        if (not plain and rule == "stochastic" and shaped is None) or eta > 0:
             noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         if plain:
             z = ddim_step(z, x_bar, l_t, l_s, eta=eta, noise=noise)
         else:
             c = c if weight == 1 else weight * c
-            z = cov_ddim_step(z, x_bar, c, l_t, l_s, basis, rule, noise, eta=eta)
+            z = cov_ddim_step(z, x_bar, c, l_t, l_s, basis, rule, noise, eta=eta, shaped=shaped)
         if callback is not None:
             callback({"i": i, "z": z, "x_hat": x_hat, "logsnr": l_t})
         x_prev = x_hat
@@ -282,12 +319,17 @@ def tweedie_estimator(
     num_bands: int | None,
     probe: str = "rademacher",
     prior_var: float | Tensor | None = None,
+    draw: str = "diagonal",
     generator: torch.Generator | None,
 ) -> tuple[BandBasis, Estimate]:
     """Validate the JVP options (on a prepared grid) and return the basis and the estimator:
-    one forward+JVP, Hutchinson products pooled per `pooling`, clipped to `[0, prior_var]`."""
+    one forward+JVP, Hutchinson products pooled per `pooling`, clipped to `[0, prior_var]`;
+    `draw="jvp"` also returns the probe's rescaled response as the posterior noise
+    (`response_noise`), `"diagonal"` leaves the draw to independent Gaussian coefficients."""
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
+    if draw not in DRAWS:
+        raise ValueError(f"draw must be one of {DRAWS}, got {draw!r}")
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if pooling != "example" and logsnrs.ndim > 1:
@@ -296,11 +338,14 @@ def tweedie_estimator(
     check_level_per_image(logsnrs[0], z)
     upper = None if prior_var is None else torch.as_tensor(prior_var, dtype=z.dtype).to(z.device)
 
-    def estimate(z: Tensor, l_t: Tensor) -> tuple[Tensor, Tensor]:
+    def estimate(z: Tensor, l_t: Tensor) -> tuple[Tensor, ...]:
         u = draw_probe(z.shape, probe, generator, z)
-        x_hat, products = tweedie_probe(denoise, z, l_t, basis, u)
-        c = pooled_covariance(products, u, basis, pooling).clamp_min(0)
-        return x_hat, c if upper is None else torch.minimum(c, upper)
+        x_hat, response = tweedie_response(denoise, z, l_t, basis, u)
+        c = pooled_covariance(u * response, u, basis, pooling).clamp_min(0)
+        c = c if upper is None else torch.minimum(c, upper)
+        if draw == "diagonal":
+            return x_hat, c
+        return x_hat, c, response_noise(response, c, basis)
 
     return basis, estimate
 
@@ -336,6 +381,7 @@ def sample_cov_ddim(
     num_bands: int | None = 8,
     probe: str = "rademacher",
     prior_var: float | Tensor | None = None,
+    draw: str = "jvp",
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
@@ -346,7 +392,12 @@ def sample_cov_ddim(
     estimated per coefficient and averaged per `pooling` ("batch" | "example" | "profile", see
     `pooled_covariance`) over `num_bands` radial bands (None: no band averaging) and over
     channels; `probe`: "rademacher" | "gaussian"; `prior_var`: upper clip (float or
-    broadcastable per-coefficient tensor; None: none). Defaults: measured on the exact
+    broadcastable per-coefficient tensor; None: none). `draw`: the stochastic posterior draw,
+    "jvp" (the probe's Jacobian response rescaled per band to the estimated variance: the
+    posterior's own directions, no noise where it is certain; `response_noise`) or "diagonal"
+    (independent Gaussian DCT coefficients, the default before issue 16: it turns the
+    between-mode and spatially local parts of the covariance into stationary noise; docs/
+    methods/cov_ddim.md, "The shape of the draw"). Defaults: measured on the exact
     oracles (results/samplers/notes.md): "profile" pooling with 8 bands (per-example band
     levels, so examples of narrow and broad modes each get their own scale: docs/methods/
     cov_ddim.md, "Mode weights"; it was "batch" per coefficient before issue 16). "batch" and
@@ -357,7 +408,7 @@ def sample_cov_ddim(
     grid = prepare_grid(z, logsnrs)
     basis, estimate = tweedie_estimator(
         denoise, z, grid, pooling=pooling, num_bands=num_bands, probe=probe,
-        prior_var=prior_var, generator=generator,
+        prior_var=prior_var, draw=draw, generator=generator,
     )  # fmt: skip
     return run_cov(denoise, z, grid, estimate, basis, variant, final, generator, callback)
 
