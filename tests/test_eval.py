@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import itertools
 import json
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -467,6 +469,14 @@ def test_eval_cli_scores_the_shipped_model_and_rejects_a_bad_decoder_level(tmp_p
     assert main(["eval", *common, "--metric", "fd-lenet,elbo", "--out", str(out)]) == 0
     (record,) = json.loads(out.read_text())
     assert record["grid"] == "default: uniform_t" and record["nfe"] == 3
+    # the record says which weights and sampler options made it (rows stay distinguishable)
+    assert record["model"]["sha256"] == hashlib.sha256(Path(ckpt).read_bytes()).hexdigest()
+    assert record["options"] == {} and record["interval"] is None
+    opts = [*common, "--metric", "fd-lenet", "--out", str(out), "--guidance", "0.5"]
+    assert main(["eval", *opts, "--interval", "-3,2", "--opt", "eta=0.5"]) == 0
+    guided = json.loads(out.read_text())[1]
+    assert (guided["options"], guided["interval"]) == ({"eta": 0.5}, [-3.0, 2.0])
+    out.write_text(json.dumps([record]))
     from difflab.eval.reference import load_reference_stats
 
     # the fd-lenet of the same samples, from their LeNet features and the test statistics

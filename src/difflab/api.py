@@ -495,12 +495,16 @@ def evaluate(
         model, sample_kwargs.pop("sampler", None), sample_kwargs.pop("steps", None),
         sample_kwargs.pop("grid", None),
     )  # fmt: skip
+    interval = sample_kwargs.get("interval")
     record: dict[str, Any] = {
         "checkpoint": str(model.path),
+        "model": {k: v for k, v in model.source.items() if k != "path"},  # sha256 or step
         "sampler": sampler,
         "steps": steps,
         "grid": describe_grid(grid, sampler),
+        "options": dict(sample_kwargs.get("options") or {}),
         "guidance": sample_kwargs.get("guidance", 0.0),
+        "interval": None if interval is None else [float(v) for v in interval],
         "num": num,
         "seed": sample_kwargs.get("seed", 0),
         "reference": f"{dataset}/{split}",
