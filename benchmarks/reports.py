@@ -40,6 +40,7 @@ RENDERERS = {
     "recipe/mnist_pilot": "recipe",
     "recipe/mnist_final": "recipe",
     "recipe/guidance": "recipe_guidance",
+    "recipe/res64": "recipe_resolution",
     "dual_rate": "dual_rate_frontier",
     "discrete/dmmd_oracle": "discrete_dmmd_oracle",
     "discrete/dmmd_text": "discrete_dmmd_text",
