@@ -95,6 +95,17 @@ def _masked_ce(logp: Tensor, x: Tensor, z: Tensor, vocab: int) -> Tensor:
     return _per_example(torch.where(z == vocab, ce, torch.zeros_like(ce)))
 
 
+def _nelbo_levels(
+    x: Tensor, vocab_size: int, schedule: Schedule | None, t: Tensor | None, generator
+) -> tuple[Tensor, Schedule, Tensor, Tensor]:
+    """`(x, schedule, t, logsnr(t))` for a NELBO estimate: checked tokens, the schedule (default
+    linear masking) and one training time per example (`t` if given)."""
+    x = check_tokens(x, vocab_size)
+    schedule = schedule or LinearMaskingSchedule()
+    t = training_times(x.shape[0], t=t, generator=generator, device=x.device)
+    return x, schedule, t, schedule.logsnr(t)
+
+
 def masked_nelbo(
     logits_fn: LogitsFn,
     x: Tensor,
@@ -105,10 +116,7 @@ def masked_nelbo(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """The masked-diffusion NELBO of `x` in nats per example, `[B]` (module docstring)."""
-    x = check_tokens(x, vocab_size)
-    schedule = schedule or LinearMaskingSchedule()
-    t = training_times(x.shape[0], t=t, generator=generator, device=x.device)
-    level = schedule.logsnr(t)
+    x, schedule, t, level = _nelbo_levels(x, vocab_size, schedule, t, generator)
     weight = -schedule.dlogsnr_dt(t) * keep_prob(level)
     z = corrupt_masked(x, level, vocab_size, generator=generator, check=False)
     logp = _model_log_probs(logits_fn, z, level, vocab_size)
@@ -164,10 +172,7 @@ def uniform_nelbo(
     generator: torch.Generator | None = None,
 ) -> Tensor:
     """The uniform-diffusion NELBO of `x` in nats per example, `[B]` (module docstring)."""
-    x = check_tokens(x, vocab_size)
-    schedule = schedule or LinearMaskingSchedule()
-    t = training_times(x.shape[0], t=t, generator=generator, device=x.device)
-    level = schedule.logsnr(t)
+    x, schedule, t, level = _nelbo_levels(x, vocab_size, schedule, t, generator)
     weight = -schedule.dlogsnr_dt(t) * keep_prob(-level) / vocab_size  # beta / V
     z = corrupt_uniform(x, level, vocab_size, generator=generator, check=False)
     logp = _model_log_probs(logits_fn, z, level, vocab_size)

@@ -57,6 +57,17 @@ def _check_probs(x_probs: Tensor, name: str = "x_probs") -> Tensor:
 # ----------------------------------------------------------------------------- forward
 
 
+def _keep(
+    x: Tensor, logsnr: Tensor | float, vocab_size: int, generator, check: bool
+) -> tuple[Tensor, Tensor]:
+    """`(x, keep)`: the checked tokens and which of them the forward process keeps, each with
+    probability `alpha = sigmoid(logsnr)` (one uniform draw per token, float64)."""
+    x = check_tokens(x, vocab_size, values=check)
+    alpha = keep_prob(check_logsnr(logsnr, x.shape, values=check))
+    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float64)
+    return x, u < alpha
+
+
 def corrupt_masked(
     x: Tensor,
     logsnr: Tensor | float,
@@ -68,10 +79,8 @@ def corrupt_masked(
     """`z ~ q(z | x)` of masked diffusion: each token is kept with probability
     `sigmoid(logsnr)`, else replaced by the mask id `vocab_size`. `check=False`: no host reads
     (module docstring)."""
-    x = check_tokens(x, vocab_size, values=check)
-    alpha = keep_prob(check_logsnr(logsnr, x.shape, values=check))
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float64)
-    return torch.where(u < alpha, x, torch.full_like(x, vocab_size))
+    x, keep = _keep(x, logsnr, vocab_size, generator, check)
+    return torch.where(keep, x, torch.full_like(x, vocab_size))
 
 
 def corrupt_uniform(
@@ -85,11 +94,9 @@ def corrupt_uniform(
     """`z ~ Cat(alpha onehot(x) + (1 - alpha) / V)`: each token is kept with probability
     `alpha = sigmoid(logsnr)`, else redrawn uniformly from `[0, V)` (possibly itself).
     `check=False`: no host reads (module docstring)."""
-    x = check_tokens(x, vocab_size, values=check)
-    alpha = keep_prob(check_logsnr(logsnr, x.shape, values=check))
-    u = torch.rand(x.shape, generator=generator, device=x.device, dtype=torch.float64)
+    x, keep = _keep(x, logsnr, vocab_size, generator, check)
     noise = torch.randint(0, vocab_size, x.shape, generator=generator, device=x.device)
-    return torch.where(u < alpha, x, noise)
+    return torch.where(keep, x, noise)
 
 
 def corrupt(
