@@ -231,8 +231,11 @@ def markdown_table(
     return lines
 
 
-def fmt_sig(value: float, digits: int = 3, big: float = 1000) -> str:
-    """`value` with `digits` significant digits; at or above `big`, scientific notation."""
+def fmt_sig(value: float | None, digits: int = 3, big: float = 1000) -> str:
+    """`value` with `digits` significant digits; at or above `big`, scientific notation; `-`
+    for a value that was not measured (None)."""
+    if value is None:
+        return "-"
     return f"{value:.{digits}g}" if abs(value) < big else f"{value:.{digits}e}"
 
 

@@ -407,13 +407,15 @@ FID_FILE = "fid10k.json"
 
 
 def fid_section(folder: Path) -> list[str]:
-    """The `difflab eval` records in `folder/fid10k.json` as a table (sampler, NFE, FID, ...)."""
+    """The `difflab eval` records in `folder/fid10k.json` as a table (sampler, NFE, FID, ...);
+    a `difflab eval real` record is the real-data floor's row."""
     records = read_json(folder / FID_FILE, [])
     if not records:
         return []
     head = ["sampler", "NFE", "samples", "FID", "fd-lenet", "precision (LeNet)", "recall (LeNet)",
             "haze", "sampling s", "feature s"]  # fmt: skip
-    table = [[f"`{r['sampler']}`", r["nfe"], r["num"], fmt_sig(r.get("fid")),
+    table = [[f"`{r['sampler']}`" if "sampler" in r else f"real {r['real']} images",
+              r.get("nfe", "-"), r["num"], fmt_sig(r.get("fid")),
               fmt_sig(r.get("fd-lenet")), fmt_sig(r.get("pr-lenet_precision")),
               fmt_sig(r.get("pr-lenet_recall")), fmt_sig(r.get("haze")),
               fmt_sig(r.get("sampling_seconds")), fmt_sig(r.get("feature_seconds"))]

@@ -39,6 +39,8 @@ RENDERERS = {
     "unified_latents": "unified_latents_curve",
     "recipe/mnist_pilot": "recipe",
     "recipe/mnist_final": "recipe",
+    "recipe/fashion_final": "recipe",
+    "recipe/haze": "recipe_haze",
     "recipe/guidance": "recipe_guidance",
     "recipe/res64": "recipe_resolution",
     "dual_rate": "dual_rate_frontier",

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -128,3 +130,38 @@ def test_evaluate_checks_the_sample_shape_before_sampling(monkeypatch):
     match = r"samples of tiny of shape \[N, 1, 8, 8\] cannot be compared with mnist images"
     with pytest.raises(ValueError, match=match):
         api.evaluate(small, metrics="fd-lenet,kid-lenet", num=4, ref_num=10)
+
+
+def test_shipped_models_load_by_name_and_a_local_path_wins(tmp_path, monkeypatch):
+    by_name = api.load("mnist_uvit")
+    assert by_name.path == MODEL and by_name.source["sha256"] == api.load(MODEL).source["sha256"]
+    assert api.resolve_model_path("runs/x") == Path("runs/x")  # not a name: left to the loader
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "mnist_uvit").mkdir()  # a local folder of that name is what the user means
+    assert api.resolve_model_path("mnist_uvit") == Path("mnist_uvit")
+    with pytest.raises(ValueError, match="no shipped model 'cifar'; shipped: mnist_uvit, fashion"):
+        api.shipped_model_path("cifar")
+    with pytest.raises(ValueError, match="does not exist .*shipped model: mnist_uvit, fashion"):
+        api.load("mnist_uvit_v0")
+
+
+def test_every_shipped_model_has_its_file_and_provenance():
+    for name in api.SHIPPED_MODELS:
+        path = api.shipped_model_path(name)
+        provenance = json.loads(path.with_suffix(".json").read_text())
+        assert provenance["file"] == path.name
+        assert {"command", "steps", "wall_time_minutes", "machine"} <= set(provenance)
+        model = api.load(name)
+        assert model.config.data.name == name.removesuffix("_uvit")
+        assert model.config.train.steps == provenance["steps"]
+
+
+def test_evaluate_defaults_to_the_models_own_data(model):
+    assert api.default_reference(model) == "mnist"
+
+    def trained_on(name: str) -> api.LoadedModel:
+        config = replace(model.config, data=replace(model.config.data, name=name))
+        return api.LoadedModel(model.path, model.net, config, model.source)
+
+    assert api.default_reference(trained_on("fashion_mnist")) == "fashion_mnist"
+    assert api.default_reference(trained_on("digits")) == "mnist"  # no reference statistics

@@ -257,3 +257,33 @@ def test_python_dash_m_runs_the_cli():
         [sys.executable, "-m", "difflab.cli", "sample", "--help"], capture_output=True, text=True
     )
     assert done.returncode == 0 and "--overwrite" in done.stdout
+
+
+def test_commands_take_a_shipped_models_name(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "s"
+    assert main(["sample", "mnist_uvit", *FAST, "--out", str(out)]) == 0
+    record = json.loads((out / "samples.json").read_text())
+    assert record["checkpoint"]["sha256"] == hashlib.sha256(MODEL.read_bytes()).hexdigest()
+    assert main(["sample", "mnist_uvit_v9", *FAST, "--out", str(out), "--overwrite"]) == 2
+    assert "shipped model: mnist_uvit, fashion_mnist_uvit" in capsys.readouterr().err
+
+    from difflab.cli import sample as sample_cli
+
+    monkeypatch.setattr(sample_cli, "DEMO_ROWS", (("ddim", 2),))
+    fashion = api.shipped_model_path("fashion_mnist_uvit")
+    demo = ["demo", "--model", "fashion_mnist_uvit", "--num", "2", "--out", str(tmp_path / "d")]
+    assert main(demo) == 0
+    assert f"model: {fashion}" in capsys.readouterr().out
+
+
+def test_demo_train_retrains_a_shipped_recipe_only(tmp_path, capsys, monkeypatch):
+    from difflab.cli import sample as sample_cli
+
+    assert main(["demo", "--train", "--model", str(MODEL), "--out", str(tmp_path)]) == 2
+    assert "--train retrains a shipped model's recipe" in capsys.readouterr().err
+    monkeypatch.setattr(sample_cli, "DEMO_ROWS", (("ddim", 2),))
+    steps = ["train.steps=2", "train.ckpt_every=2", "train.progress=false", "data.batch_size=8"]
+    assert main(["demo", "--train", "--num", "2", "--out", str(tmp_path), *steps]) == 0
+    exported = tmp_path / "mnist_uvit.safetensors"
+    assert f"model: {exported}" in capsys.readouterr().out
+    assert api.load(exported).config.train.steps == 2

@@ -16,7 +16,7 @@ PACKAGE = "difflab"
 
 # Lower layers never import higher ones; packages of one layer do not import each other.
 LAYERS: list[tuple[str, ...]] = [
-    ("fileio", "devices", "allocator", "images", "diffusion"),
+    ("fileio", "devices", "allocator", "images", "shipped", "diffusion"),
     ("nets", "sampling", "data", "discrete", "interop"),
     ("config",),
     ("train", "eval"),

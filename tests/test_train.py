@@ -307,6 +307,27 @@ def test_train_checkpoint_resume_sample(tmp_path):
     assert exported.stat().st_size < ckpt.path.joinpath("optimizer.safetensors").stat().st_size
 
 
+def test_init_from_starts_a_fresh_run_at_the_models_ema_weights(trained_run, tmp_path):
+    start, _ = load_model(trained_run, ema=True)
+    # lr 1e-30 (below float32 resolution): the fine-tuned net, its EMA and the source EMA agree
+    tuned = run_training(
+        tiny_config(tmp_path / "ft", "train.steps=2", f"train.init_from={trained_run}",
+                    "optim.lr=1e-30", "diffusion.weighting_kwargs={bias: 1.0}")
+    )  # fmt: skip
+    start_event = events(tuned, "start")[0]
+    assert start_event["checkpoint"] is None and start_event["init_from"] == str(trained_run)
+    assert newest_valid_checkpoint(tuned).step == 2
+    for ema in (False, True):
+        net, cfg = load_model(tuned, ema=ema)
+        assert all(torch.equal(v, start.state_dict()[k]) for k, v in net.state_dict().items())
+    assert cfg.diffusion.weighting_kwargs == {"bias": 1.0}
+    fresh, _ = load_model(run_training(tiny_config(tmp_path / "new", "train.steps=1")), ema=False)
+    assert any(not torch.equal(v, start.state_dict()[k]) for k, v in fresh.state_dict().items())
+    with pytest.raises(ValueError, match="train.init_from .* holds model .*not this config's"):
+        run_training(tiny_config(tmp_path / "bad", f"train.init_from={trained_run}",
+                                 "model.kwargs.transformer_depth=2"))  # fmt: skip
+
+
 def test_fresh_run_refuses_to_overwrite_checkpoints(trained_run, tmp_path):
     run = shutil.copytree(trained_run, tmp_path / "run")
     with pytest.raises(ValueError, match="--resume"):

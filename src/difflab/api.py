@@ -44,22 +44,19 @@ from .methods.unified_latents import UL_METHODS, evaluate_ul
 from .methods.unified_latents import sample_to_folder as ul_sample_to_folder
 from .sampling.dual_rate import DualRateFactory
 from .sampling.generate import Generation, describe_grid, generate, resolve_grid
+from .shipped import SHIPPED_MODELS as SHIPPED_MODELS
+from .shipped import resolve_model_path as resolve_model_path
+from .shipped import shipped_model_path as shipped_model_path
 from .train.checkpoint import NetDenoiser, net_from_weights, read_weights
 
 DEFAULT_SAMPLER = "ddim"
 DEFAULT_STEPS = 32
-SHIPPED_MODEL = "mnist_uvit.safetensors"
 SAMPLES_RECORD = "samples.json"
 """What `sample_to_folder` writes next to the images: how they were made."""
 GRID_FILE = "grid.png"
 IMAGE_PATTERN = "{:05d}.png"
 _IMAGE_FILE = re.compile(r"^\d{5,}\.png$")
 NO_INTERVAL = (-math.inf, math.inf)
-
-
-def shipped_model_path() -> Path:
-    """The MNIST U-ViT shipped in `difflab/assets` (what `difflab demo` samples)."""
-    return Path(__file__).resolve().parent / "assets" / SHIPPED_MODEL
 
 
 # ----------------------------------------------------------------------------- loading
@@ -138,14 +135,16 @@ def load(
     path: str | Path, *, ema: float | bool = True, device: str | torch.device = "cpu",
     clip_x: float | None = 1.0,
 ) -> LoadedModel:  # fmt: skip
-    """Load an exported `.safetensors` model, a checkpoint folder or a run directory (its newest
-    valid checkpoint), a distilled student included, onto `device` (`devices.resolve_device`
+    """Load an exported `.safetensors` model, a checkpoint folder, a run directory (its newest
+    valid checkpoint) or a shipped model by name (`SHIPPED_MODELS`: `"mnist_uvit"`,
+    `"fashion_mnist_uvit"`), a distilled student included, onto `device` (`devices.resolve_device`
     names). `ema`: True for the first EMA decay, a float for that decay, False for the raw
     weights; `clip_x` clamps `x_hat` to the data range. A diffusers model folder is read by
     `load_diffusers_model` (`ema` does not apply: the folder holds one set of weights)."""
     from .devices import resolve_device
 
     device = resolve_device(device)
+    path = resolve_model_path(path)  # a shipped model's name stands for its file
     if diffusers_folders(path) is not None:  # a diffusers model folder (difflab.interop)
         return load_diffusers_model(path, device=device, clip_x=clip_x)
     tensors, cfg, source = read_weights(path, ema)
@@ -466,12 +465,21 @@ def _elbo_top(model: LoadedModel, logsnr_max: float | None) -> float:
     return top
 
 
+def default_reference(model: LoadedModel) -> str:
+    """The reference data of `evaluate`: the model's training data when it has reference
+    statistics (`eval.reference.DATASETS`), else MNIST (a diffusers folder records no data)."""
+    from .eval.reference import DATASETS
+
+    name = model.config.data.name
+    return name if name in DATASETS else "mnist"
+
+
 def evaluate(
     model: LoadedModel | str | Path,
     *,
     metrics: Sequence[str] | str = ("fd-lenet",),
     num: int = 10_000,
-    dataset: str = "mnist",
+    dataset: str | None = None,
     split: str = "test",
     ref_num: int = 10_000,
     elbo_logsnr_max: float | None = None,
@@ -479,15 +487,16 @@ def evaluate(
     **sample_kwargs,
 ) -> dict[str, Any]:
     """Score `num` samples (`sample(model, **sample_kwargs)`) with feature `metrics` against
-    `dataset`/`split` (`eval.scores`) and/or the model's `elbo` on `min(num, ref_num)` reference
-    images; returns the record (appended to the JSON list `out` when given). Metric names,
-    dataset, split, feature shapes, optional extras, the ELBO level and `out` are all checked
-    before the first sample is drawn."""
+    `dataset`/`split` (`eval.scores`; `dataset` defaults to `default_reference(model)`) and/or
+    the model's `elbo` on `min(num, ref_num)` reference images; returns the record (appended to
+    the JSON list `out` when given). Metric names, dataset, split, feature shapes, optional
+    extras, the ELBO level and `out` are all checked before the first sample is drawn."""
     from .eval.reference import check_dataset, reference_images
     from .eval.scores import FeatureScorer, parse_metrics
 
     model = _as_model(model)
     metrics = parse_metrics(metrics if isinstance(metrics, str) else ",".join(metrics))
+    dataset = dataset or default_reference(model)
     check_dataset(dataset)
     if out is not None:
         check_results_file(out)

@@ -99,7 +99,10 @@ class RunConfig:
     `precision`/`compile` `"auto"`: bf16 + torch.compile on CUDA, bf16 on CPUs with native bf16
     (AVX512-BF16/AMX), else fp32 and eager. `max_nan_steps` consecutive non-finite losses stop
     the run (single ones are skipped and counted). `max_minutes > 0` ends the run early, with a
-    checkpoint, once that much wall time has passed in this invocation (resume continues it)."""
+    checkpoint, once that much wall time has passed in this invocation (resume continues it).
+    `init_from` fine-tunes: a fresh run starts from those weights (the first EMA of a model
+    file, checkpoint, run directory or shipped model name; the net's config must match) with a
+    new optimizer, EMA and step count; a resumed run takes its own checkpoint instead."""
 
     steps: int = 10_000
     seed: int = 0
@@ -114,6 +117,7 @@ class RunConfig:
     out_dir: str = "runs/default"
     max_nan_steps: int = 5
     max_minutes: float = 0.0
+    init_from: str = ""
     tensorboard: bool = True
     progress: bool = True
 

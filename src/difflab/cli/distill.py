@@ -15,6 +15,7 @@ from pathlib import Path
 
 from ..methods.distill import METHODS, VARIANTS
 from .args import parse_options
+from .sample import CHECKPOINT_HELP
 
 HELPS = {
     "mcm": "Multistep Consistency Models",
@@ -50,7 +51,7 @@ def cmd_distill(args: argparse.Namespace) -> int:
 def add_parsers(sub) -> None:
     """Register `distill {mcm,mmd,emd}` on the `difflab` sub-command parser."""
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--teacher", required=True, help="teacher checkpoint, run dir or model")
+    common.add_argument("--teacher", required=True, help=f"teacher: {CHECKPOINT_HELP}")
     common.add_argument("--guidance", type=float, default=0.0, help="distil CFG with weight w")
     common.add_argument("--out", default=None, help="run directory (default runs/distill_...)")
     common.add_argument("--resume", action="store_true", help="continue from the newest checkpoint")

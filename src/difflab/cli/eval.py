@@ -22,6 +22,7 @@ import os
 from pathlib import Path
 
 from .args import EVAL_COMMANDS, add_sampling_arguments, positive_int, sampling_kwargs
+from .sample import CHECKPOINT_HELP
 
 FEATURES = ("fid", "fd-lenet")
 
@@ -116,14 +117,14 @@ def add_parsers(sub) -> None:
     commands = e.add_subparsers(dest="eval_command", required=True, metavar=names)
 
     c = commands.add_parser("checkpoint", help="sample a model and score the samples")
-    c.add_argument(
-        "checkpoint",
-        help="checkpoint folder, run directory, exported model or diffusers model folder",
-    )
+    c.add_argument("checkpoint", help=CHECKPOINT_HELP)
     c.add_argument("--metric", default="fd-lenet", help=f"comma list of {list(METRICS)}")
     c.add_argument("--num", type=positive_int, default=10_000)
     add_sampling_arguments(c)
-    c.add_argument("--dataset", default="mnist")
+    c.add_argument(
+        "--dataset", default=None,
+        help="reference data (default: the model's training data, else mnist)",
+    )  # fmt: skip
     c.add_argument("--split", default="test")
     c.add_argument("--ref-num", type=positive_int, default=10_000)
     c.add_argument("--seed", type=int, default=0)

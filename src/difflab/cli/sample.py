@@ -13,8 +13,13 @@ import argparse
 import time
 from pathlib import Path
 
+from ..shipped import SHIPPED_MODELS
 from .args import add_sampling_arguments, positive_int, sampling_kwargs
 
+CHECKPOINT_HELP = (
+    "run directory, checkpoint folder, exported .safetensors, diffusers model folder, or the "
+    f"name of a shipped model ({', '.join(SHIPPED_MODELS)})"
+)
 DEMO_ROWS = (("ddim", 8), ("ddim", 32), ("ddpm", 32), ("ddpm", 128))
 
 
@@ -55,10 +60,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .. import api
     from ..images import save_image_grid
 
-    model_path = Path(args.model) if args.model else api.shipped_model_path()
+    model_path = api.resolve_model_path(args.model) if args.model else api.shipped_model_path()
+    if args.train and (args.model or "mnist_uvit") not in SHIPPED_MODELS:
+        raise ValueError(f"--train retrains a shipped model's recipe ({', '.join(SHIPPED_MODELS)})"
+                         f", not --model {args.model}")  # fmt: skip
     out = api.check_output_folder(args.out, overwrite=True)
     if args.train:
-        model_path = train_demo_model(out, args.overrides)
+        model_path = train_demo_model(out, args.overrides, args.model or "mnist_uvit")
     if not model_path.exists():
         raise FileNotFoundError(f"model file {model_path} not found; run `difflab demo --train`")
     model = api.load(model_path)
@@ -80,20 +88,20 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
-def train_demo_model(out: Path, overrides: list[str]) -> Path:
-    """`difflab demo --train`: retrain the shipped model's recipe into `out/run` and export it."""
-    from .. import api
+def train_demo_model(out: Path, overrides: list[str], name: str = "mnist_uvit") -> Path:
+    """`difflab demo --train`: retrain the shipped model `name`'s recipe (`configs/<name>.yaml`)
+    into `out/run` and export it to `out/<name>.safetensors`."""
     from ..config import load_config
     from ..data import prepare_dataset
     from ..train import export_model, run_training
 
-    recipe = Path(__file__).resolve().parents[3] / "configs" / "mnist_uvit.yaml"
+    recipe = Path(__file__).resolve().parents[3] / "configs" / f"{name}.yaml"
     if not recipe.exists():
         raise FileNotFoundError(f"training recipe {recipe} not found (needs a source checkout)")
-    prepare_dataset("mnist")
     cfg = load_config(recipe, [f"train.out_dir={out}/run", *overrides])
+    prepare_dataset(cfg.data.name)
     run = run_training(cfg, resume=True)
-    return export_model(run, out / api.SHIPPED_MODEL)
+    return export_model(run, out / f"{name}.safetensors")
 
 
 def add_parsers(sub) -> None:
@@ -103,7 +111,7 @@ def add_parsers(sub) -> None:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    s.add_argument("checkpoint")
+    s.add_argument("checkpoint", help=CHECKPOINT_HELP)
     add_sampling_arguments(s)
     s.add_argument("--num", type=positive_int, default=64)
     s.add_argument("--label", default=None, help="class index or 'all' (default: cycle)")
@@ -119,9 +127,15 @@ def add_parsers(sub) -> None:
     )
     s.set_defaults(func=cmd_sample)
 
-    d = sub.add_parser("demo", help="sample the shipped MNIST model side by side")
-    d.add_argument("--train", action="store_true", help="retrain the model from scratch first")
-    d.add_argument("--model", default=None, help="model file (default: the shipped one)")
+    d = sub.add_parser("demo", help="sample a shipped model (default: MNIST) side by side")
+    d.add_argument(
+        "--train", action="store_true",
+        help="retrain the shipped model (--model NAME, default mnist_uvit) from its recipe first",
+    )  # fmt: skip
+    d.add_argument(
+        "--model", default=None,
+        help=f"model file or shipped model ({', '.join(SHIPPED_MODELS)}; default mnist_uvit)",
+    )  # fmt: skip
     d.add_argument("--num", type=positive_int, default=10, help="samples per row")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--out", default="demo_out")

@@ -40,6 +40,7 @@ from torch import Tensor, nn
 
 from ..config import TrainConfig, config_from_stored, config_to_dict
 from ..fileio import fsync_dir, remove_stale_temp_files, write_atomic, write_synced
+from ..shipped import SHIPPED_MODELS, resolve_model_path
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -333,7 +334,10 @@ def resolve_checkpoint(path: str | Path) -> Checkpoint:
     """A run directory (its newest valid checkpoint) or a checkpoint folder."""
     path = Path(path)
     if not path.exists():
-        raise CheckpointError(f"checkpoint path {path} does not exist")
+        raise CheckpointError(
+            f"checkpoint path {path} does not exist (nor is it the name of a shipped model: "
+            f"{', '.join(SHIPPED_MODELS)})"
+        )
     if (path / STATE_FILE).is_file():
         return Checkpoint(path)
     if (path / CHECKPOINTS).is_dir():
@@ -391,8 +395,9 @@ def read_weights(
     """`(tensors, cfg, source)` of an exported `.safetensors` model, a checkpoint folder or a
     run directory (its newest valid checkpoint); `ema` as in `load_model`. `source` records
     where the weights came from: `{"path", "sha256"}` of an exported file (and its `step`), or
-    `{"path", "step", "weights"}` of the checkpoint folder."""
-    path = Path(path)
+    `{"path", "step", "weights"}` of the checkpoint folder. A shipped model's name (`mnist_uvit`)
+    stands for its file."""
+    path = resolve_model_path(path)
     if path.is_file() and path.suffix == ".safetensors":
         return _read_exported(path)
     ckpt = resolve_checkpoint(path)

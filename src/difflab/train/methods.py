@@ -28,7 +28,7 @@ from torch import Tensor, nn
 
 from ..allocator import apply_malloc_fix
 from ..config import TrainConfig, check_kwargs
-from .checkpoint import find_resume_checkpoint
+from .checkpoint import find_resume_checkpoint, read_weights
 from .distributed import SEED_INIT, derive_seed, init_distributed, shutdown_distributed
 from .trainer import LossFn, Trainer, diffusion_loss_fn, finished
 
@@ -115,6 +115,18 @@ def _diffusion(cfg: TrainConfig, net: nn.Module, dataset: Any) -> MethodParts:
 register_training_method("diffusion", _diffusion)
 
 
+def load_initial_weights(net: nn.Module, cfg: TrainConfig) -> None:
+    """Fine-tuning (`train.init_from`): copy the first EMA (else the raw weights) of that model
+    into `net`; its model config must equal `cfg.model`."""
+    tensors, source_cfg, _ = read_weights(cfg.train.init_from, ema=True)
+    if source_cfg.model != cfg.model:
+        raise ValueError(
+            f"train.init_from {cfg.train.init_from!r} holds model {source_cfg.model}, "
+            f"not this config's {cfg.model}"
+        )
+    net.load_state_dict(tensors, strict=True)
+
+
 def run_training(cfg: TrainConfig, resume: bool = False) -> Path:
     """`difflab train`: build the net, dataset and method of `cfg`, train, return the run
     directory. Works unchanged under `torchrun --nproc_per_node N` (DDP, gloo on CPU / NCCL on
@@ -134,6 +146,8 @@ def run_training(cfg: TrainConfig, resume: bool = False) -> Path:
             return Path(cfg.train.out_dir)  # before building the data set: nothing to do
         torch.manual_seed(derive_seed(cfg.train.seed, SEED_INIT))  # same init on every rank
         net = build_net(cfg.model.name, **cfg.model.kwargs)
+        if cfg.train.init_from and checkpoint is None:
+            load_initial_weights(net, cfg)
         dataset = make_dataset(cfg.data.name, cfg.data.split, **cfg.data.kwargs)
         parts = build_method(cfg, net, dataset)
         trainer = Trainer(

@@ -541,8 +541,9 @@ class Trainer:
                 )
             else:  # a fresh run, or a resumed one that never wrote a checkpoint
                 (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+                start = self.cfg.train.init_from or "scratch"  # init_from: fine-tuning
                 if resume:
-                    print(f"no checkpoint in {self.run_dir} yet; starting from scratch")
+                    print(f"no checkpoint in {self.run_dir} yet; starting from {start}")
         return ckpt
 
     def fit(self, resume: bool = False, checkpoint: Checkpoint | None = None) -> Path:
@@ -683,6 +684,7 @@ class Trainer:
                 "step": self.step,
                 "event": "resume" if resumed_from is not None else "start",
                 "checkpoint": str(resumed_from.path) if resumed_from is not None else None,
+                "init_from": self.cfg.train.init_from or None,
                 "world_size": self.dist.world_size,
                 "global_batch": self.cfg.data.batch_size,
                 "local_batch": self.cfg.data.batch_size // self.dist.world_size,
