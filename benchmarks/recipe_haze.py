@@ -101,7 +101,12 @@ def border_diagnostic(model, num: int = 256, seed: int = 0, probes: int = 4) -> 
     import torch
 
     from difflab.data import make_dataset
-    from difflab.diffusion.parameterization import as_denoiser
+    from difflab.diffusion.parameterization import (
+        alpha_sigma,
+        as_denoiser,
+        broadcast_logsnr,
+        diffuse,
+    )
     from difflab.eval.reference import reference_images
     from difflab.images import to_uint8_pixels
     from difflab.nets import math_attention
@@ -117,9 +122,8 @@ def border_diagnostic(model, num: int = 256, seed: int = 0, probes: int = 4) -> 
     out = {}
     for level in LEVELS:
         logsnr = torch.full((num,), level)
-        alpha, sigma = torch.sigmoid(logsnr).sqrt(), torch.sigmoid(-logsnr).sqrt()
-        eps = torch.randn(x.shape, generator=gen)
-        z = alpha.view(-1, 1, 1, 1) * x + sigma.view(-1, 1, 1, 1) * eps
+        z = diffuse(x, torch.randn(x.shape, generator=gen), logsnr)
+        alpha, _ = alpha_sigma(broadcast_logsnr(logsnr, x))
         with torch.no_grad():
             x_hat = model.denoiser(labels)(z, logsnr)
         lit = to_uint8_pixels(x_hat) > 0
@@ -129,7 +133,7 @@ def border_diagnostic(model, num: int = 256, seed: int = 0, probes: int = 4) -> 
             with torch.no_grad(), math_attention():
                 _, jv = torch.func.jvp(partial(raw, logsnr=logsnr), (z,), (v,))
             diagonal += v * jv / probes
-        gain = alpha.view(-1, 1, 1, 1) * diagonal
+        gain = alpha * diagonal
         out[f"{level:g}"] = {
             "bias": float((x_hat - x)[black].mean()),
             "lit": float(lit.view_as(black)[black].double().mean()),
@@ -141,9 +145,8 @@ def border_diagnostic(model, num: int = 256, seed: int = 0, probes: int = 4) -> 
 def trajectory(model, sampler: str = "dpmpp_2m", steps: int = 16, num: int = 200) -> list:
     """Along one sampler run (`num` samples, seed 0, class-balanced labels): at each network
     call `[logsnr, haze of x_hat, haze of z / alpha]`, where the haze is made."""
-    import torch
-
     from difflab.api import class_labels
+    from difflab.diffusion.parameterization import alpha_sigma, broadcast_logsnr
     from difflab.eval.image_stats import haze_share
     from difflab.sampling.generate import generate
 
@@ -154,7 +157,7 @@ def trajectory(model, sampler: str = "dpmpp_2m", steps: int = 16, num: int = 200
 
         def logged(z, logsnr):
             x_hat = denoise(z, logsnr)
-            alpha = torch.sigmoid(logsnr).sqrt().reshape(-1, 1, 1, 1)
+            alpha, _ = alpha_sigma(broadcast_logsnr(logsnr, z))
             level = float(logsnr.flatten()[0])
             calls.append([round(level, 2), haze_share(x_hat), haze_share(z / alpha)])
             return x_hat
