@@ -17,12 +17,24 @@ resume; finished rows in results.json are skipped.
 
     python benchmarks/recipe_haze.py --rows start,control,sig+2 --steps 800
     python benchmarks/recipe_haze.py --trajectory start,eps_mse     # the haze along a run
+    python benchmarks/recipe_haze.py --hybrid start,eps_mse   # which levels make the haze
+    python benchmarks/recipe_haze.py --haze-fid start         # what the haze costs in FID
     python benchmarks/recipe_haze.py --render --finding "..." --finding "..."
+
+`--hybrid` runs `dpmpp_2m` (16 steps) with the exact denoiser of the training set
+(`difflab.diffusion.EmpiricalDenoiser`, class by class, `ORACLE_IMAGES` images) below a switch
+level and the row's net above it, and the other way round: a perfect denoiser makes no haze
+(it ends on training images), so the first column says how much haze the net's calls above the
+switch make from a perfect start, the second how much the calls below it leave that a perfect
+finish cannot remove. `--haze-fid` scores `HAZE_FID_NUM` samples by Inception FID as drawn and
+with every pixel at or below `FAINT_LEVEL` (8-bit) set to black, beside the real test images
+treated the same way, so the FID that the faint grey costs is read off directly.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from functools import partial
@@ -53,6 +65,14 @@ ROWS: dict[str, list[str]] = {
 SAMPLERS = (("dpmpp_2m", 16), ("ddpm", 32))
 LEVELS = (2.0, 4.0, 6.0, 8.0, 10.0)
 """logsnr levels of the border diagnostic."""
+SWITCHES = (-math.inf, 0.0, 2.0, 4.0, 6.0, 8.0, 10.0, math.inf)
+"""Switch levels of `--hybrid` (the 16-step `dpmpp_2m` grid spans logsnr -8.8 to 12.4)."""
+ORACLE_IMAGES = 20000
+"""Training images (the first ones) of the empirical-data denoiser."""
+HYBRID_NUM = 500
+HAZE_FID_NUM = 2000
+FAINT_LEVEL = 15
+"""`--haze-fid`: 8-bit levels 1..FAINT_LEVEL count as faint grey and are set to 0."""
 
 
 def finetune_overrides(args, row: str) -> list[str]:
@@ -181,6 +201,124 @@ def add_trajectories(rows: list[str]) -> None:
         print(f"{row}: {calls}")
 
 
+def class_oracle(dataset: str, num: int = ORACLE_IMAGES):
+    """`make_denoise(labels)` of the exact denoiser of the first `num` training images, one
+    `EmpiricalDenoiser` per class (the labels select the class of each sample)."""
+    import torch
+
+    from difflab.data import make_dataset
+    from difflab.diffusion import EmpiricalDenoiser
+    from difflab.diffusion.parameterization import level_for
+
+    data = make_dataset(dataset, "train")
+    pairs = [data[i] for i in range(num)]
+    images = torch.stack([x for x, _ in pairs])
+    targets = torch.tensor([int(y) for _, y in pairs])
+    per_class = {int(c): EmpiricalDenoiser(images[targets == c]) for c in targets.unique()}
+
+    def make_denoise(labels):
+        def denoise(z, logsnr):
+            level = level_for(logsnr, z)
+            out = torch.empty_like(z)
+            for c, oracle in per_class.items():
+                rows = labels == c
+                if rows.any():
+                    out[rows] = oracle(z[rows], level if level.ndim == 0 else level[rows])
+            return out
+
+        return denoise
+
+    return make_denoise
+
+
+def hybrid(model, oracle, num: int = HYBRID_NUM) -> dict:
+    """`{switch: [haze oracle-then-net, haze net-then-oracle]}` over `SWITCHES` (`dpmpp_2m`, 16
+    steps, `num` class-balanced samples, noise seed 0 for every cell)."""
+    from difflab.api import class_labels
+    from difflab.eval.image_stats import haze_share
+    from difflab.sampling.generate import generate
+
+    labels = class_labels(model, num, None)
+
+    def switched(first, then, switch):
+        def make_denoise(labels=None):
+            below, above = first(labels), then(labels)
+
+            def denoise(z, logsnr):
+                return below(z, logsnr) if float(logsnr.max()) < switch else above(z, logsnr)
+
+            return denoise
+
+        return make_denoise
+
+    out = {}
+    for switch in SWITCHES:
+        hazes = []
+        for first, then in ((oracle, model.make_denoise), (model.make_denoise, oracle)):
+            gen = generate(switched(first, then, switch), model.shape, model.schedule, num=num,
+                           sampler="dpmpp_2m", steps=16, labels=labels, progress=False)  # fmt: skip
+            hazes.append(haze_share(gen.samples))
+        out[f"{switch:g}"] = hazes
+        print(f"  switch {switch:g}: oracle-then-net {hazes[0]:.3f}, then oracle {hazes[1]:.3f}")
+    return out
+
+
+def add_hybrids(rows: list[str]) -> None:
+    """`--hybrid`: add `hybrid(...)` of the stored rows' models to results.json."""
+    from difflab.api import load
+
+    stored = read_json(FOLDER / RAW, {}).get("rows", {})
+    oracle = None
+    for row in rows:
+        model = load(stored[row]["run"])
+        oracle = oracle or class_oracle(model.config.data.name)
+        print(f"{row}: hybrid sampling", flush=True)
+        locked_update(FOLDER / RAW, {"rows": {row: {"hybrid": hybrid(model, oracle)}}})
+
+
+def faint_to_black(images):
+    """uint8 images with the levels 1..FAINT_LEVEL set to 0."""
+    return images.masked_fill((images > 0) & (images <= FAINT_LEVEL), 0)
+
+
+def haze_fid(model, num: int = HAZE_FID_NUM) -> dict:
+    """Inception FID against the test split of `num` `dpmpp_2m` (16 NFE) samples as drawn and
+    with faint pixels blackened, and of `num` real test images blackened the same way."""
+    from difflab.api import sample
+    from difflab.eval.features import get_feature_extractor
+    from difflab.eval.image_stats import haze_share
+    from difflab.eval.metrics import feature_stats, frechet_distance_from_stats
+    from difflab.eval.reference import cached_reference_stats, reference_images
+    from difflab.images import to_uint8_pixels
+
+    dataset = model.config.data.name
+    inception = get_feature_extractor("fid")
+    ref = cached_reference_stats(dataset, "test", inception)
+    drawn = to_uint8_pixels(sample(model, num=num, sampler="dpmpp_2m", steps=16, seed=0,
+                                   progress=False).samples)  # fmt: skip
+    real = reference_images(dataset, "test", num)
+    sets = {"samples": drawn, "samples, faint blackened": faint_to_black(drawn),
+            "real test, faint blackened": faint_to_black(real)}  # fmt: skip
+    out = {"num": num, "faint_level": FAINT_LEVEL}
+    for name, images in sets.items():
+        stats = feature_stats(inception(images, progress=False), name)
+        fid = frechet_distance_from_stats(*stats, *ref)
+        out[name] = {"fid": fid, "haze": haze_share(images)}
+        print(f"  {name}: {out[name]}", flush=True)
+    return out
+
+
+def add_haze_fids(rows: list[str]) -> None:
+    """`--haze-fid`: add `haze_fid(...)` of the stored rows' models to results.json."""
+    from difflab.api import load
+
+    stored = read_json(FOLDER / RAW, {}).get("rows", {})
+    for row in rows:
+        print(f"{row}: haze FID", flush=True)
+        record = haze_fid(load(stored[row]["run"]))
+        locked_update(FOLDER / RAW, {"rows": {row: {"haze_fid": record}}})
+
+
 def score(args, run: str | Path) -> dict:
     """Samples (haze, fd-lenet) and the border diagnostic of the EMA weights in `run`."""
     from recipe import lenet_scorer
@@ -266,9 +404,42 @@ def report_text(folder: str | Path) -> str:
         table = [[f"`{name}`", *[f"{fmt_sig(x, 2)} / {fmt_sig(z, 2)}" for _, x, z in calls]]
                  for name, calls in traced.items()]  # fmt: skip
         lines += markdown_table(head, table, "l" + "r" * len(first))
+    lines += hybrid_section(rows) + haze_fid_section(rows)
     for note in data.get("findings", []):
         lines += ["", note]
     return "\n".join(lines) + "\n"
+
+
+def hybrid_section(rows: dict) -> list[str]:
+    mixed = {name: r["hybrid"] for name, r in rows.items() if "hybrid" in r}
+    if not mixed:
+        return []
+    lines = ["", f"Haze of `dpmpp_2m` 16-step samples ({HYBRID_NUM}, seed 0) when the exact "
+             f"denoiser of the first {ORACLE_IMAGES} training images (class by class) replaces "
+             "the net below / above a switch level (`--hybrid`): oracle then net / net then "
+             "oracle. The oracle alone ends on training images.", ""]  # fmt: skip
+    switches = list(next(iter(mixed.values())))
+    head = ["row", *[f"switch {k}" for k in switches]]
+    table = [[f"`{name}`", *[f"{fmt_sig(a, 2)} / {fmt_sig(b, 2)}" for a, b in cells.values()]]
+             for name, cells in mixed.items()]  # fmt: skip
+    return lines + markdown_table(head, table, "l" + "r" * len(switches))
+
+
+def haze_fid_section(rows: dict) -> list[str]:
+    scored = {name: r["haze_fid"] for name, r in rows.items() if "haze_fid" in r}
+    if not scored:
+        return []
+    first = next(iter(scored.values()))
+    lines = ["", f"Inception FID against the 10k test images of {first['num']} images "
+             f"(`dpmpp_2m`, 16 NFE, seed 0; real: the first {first['num']} test images), as "
+             f"drawn and with the 8-bit levels 1-{first['faint_level']} set to black "
+             "(`--haze-fid`):", ""]  # fmt: skip
+    head, table = ["row", "set", "FID", "haze"], []
+    for name, record in scored.items():
+        for key, cell in record.items():
+            if isinstance(cell, dict):
+                table.append([f"`{name}`", key, fmt_sig(cell["fid"]), fmt_sig(cell["haze"], 2)])
+    return lines + markdown_table(head, table, "llrr")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,12 +455,26 @@ def main(argv: list[str] | None = None) -> int:
         help="add the haze along a dpmpp_2m 16-step run of these stored rows' models",
     )  # fmt: skip
     p.add_argument(
+        "--hybrid",
+        default=None,
+        metavar="ROWS",
+        help="add oracle/net hybrid sampling of these stored rows' models",
+    )
+    p.add_argument(
+        "--haze-fid",
+        default=None,
+        metavar="ROWS",
+        help="add the Inception FID with and without the faint grey of these rows",
+    )
+    p.add_argument(
         "--finding", action="append", default=None,
         help="with --render: replace the report's findings with these paragraphs",
     )  # fmt: skip
     args = p.parse_args(argv)
-    if args.trajectory:
-        add_trajectories([r.strip() for r in args.trajectory.split(",") if r.strip()])
+    for option, add in ((args.trajectory, add_trajectories), (args.hybrid, add_hybrids),
+                        (args.haze_fid, add_haze_fids)):  # fmt: skip
+        if option:
+            add([r.strip() for r in option.split(",") if r.strip()])
     if args.finding:
         locked_update(FOLDER / RAW, {"findings": args.finding}, lambda new, old: {**old, **new})
     if args.render:

@@ -15,7 +15,7 @@ from .losses import (
     v_mse_weight,
     weighted_x_loss,
 )
-from .oracle import GaussianMixtureOracle
+from .oracle import EmpiricalDenoiser, GaussianMixtureOracle
 from .parameterization import (
     Denoise,
     alpha_sigma,
@@ -51,6 +51,7 @@ __all__ = [
     "CosineSchedule",
     "Denoise",
     "EDMLogNormalSchedule",
+    "EmpiricalDenoiser",
     "GaussianMixtureOracle",
     "InterpolatedShiftedSchedule",
     "LinearBetaSchedule",

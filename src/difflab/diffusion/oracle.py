@@ -10,6 +10,11 @@ components (the identity, or the 2-D DCT for image-like data with a power-law sp
 
 with `m_k = U^T mu_k`. The oracle's `denoise` is a `Denoise` and is the exact teacher/denoiser
 against which samplers and distillation are judged without training anything.
+
+`EmpiricalDenoiser` is the zero-variance limit on real data: the exact `E[x | z]` when the data
+distribution is the empirical one of a set of images (a mixture of point masses), i.e. the
+minimiser of the denoising loss on that set. It memorises (every sampler run on it ends on one
+of the images), which makes it a reference for what a sampler does with a perfect denoiser.
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import torch
 from torch import Tensor
 
 from .dct import dct2, idct2, radial_frequency
-from .parameterization import alpha_sigma, check_logsnr
+from .parameterization import alpha_sigma, broadcast_logsnr, check_logsnr
 
 
 @dataclass
@@ -194,6 +199,55 @@ class GaussianMixtureOracle:
         m, lam = self._m[None], self._lam[None]
         log_lik = -0.5 * ((c - m) ** 2 / lam + torch.log(2 * math.pi * lam)).sum(-1)
         return torch.logsumexp(log_lik + self._log_w, dim=-1)
+
+
+_LOGSNR_CLAMP = 60.0
+"""|logsnr| beyond which `EmpiricalDenoiser` uses the limit (float64 keeps e^60 exact enough)."""
+
+
+class EmpiricalDenoiser:
+    """The exact posterior mean under the empirical distribution of `images` `[N, *shape]`:
+
+        E[x | z] = sum_i softmax_i(-||z - alpha x_i||^2 / (2 sigma^2)) x_i,
+
+    the `Denoise` that minimises the denoising loss on exactly these images (one Gaussian
+    per image with zero variance). Computed in `chunk`-image blocks with a running
+    log-sum-exp, so memory stays `O(B * chunk)` for any `N`; float64 inside."""
+
+    def __init__(self, images: Tensor, chunk: int = 4096):
+        if images.ndim < 2 or images.shape[0] < 1:
+            raise ValueError(f"images must be [N, *shape] with N >= 1, got {tuple(images.shape)}")
+        if not torch.isfinite(images).all():
+            raise ValueError("images must be finite")
+        if chunk < 1:
+            raise ValueError(f"chunk must be >= 1, got {chunk}")
+        self.shape = tuple(images.shape[1:])
+        self.images = images.double().flatten(1)
+        self.chunk = chunk
+
+    def __call__(self, z: Tensor, logsnr: Tensor) -> Tensor:
+        if tuple(z.shape[1:]) != self.shape:
+            raise ValueError(f"z must have shape [B, {self.shape}], got {tuple(z.shape)}")
+        check_logsnr(logsnr)
+        # per-element levels allowed: log N(z; alpha x_i, sigma^2) is a sum over elements, and
+        # +-inf are the limits (nearest image, mean image), clamped where float64 still holds
+        device = self.images.device
+        level = broadcast_logsnr(logsnr, z).double().clamp(-_LOGSNR_CLAMP, _LOGSNR_CLAMP)
+        alpha, sigma = (a.expand(z.shape).flatten(1).to(device) for a in alpha_sigma(level))
+        zf = z.double().flatten(1).to(device)
+        norm = torch.full((z.shape[0], 1), -math.inf, dtype=torch.float64, device=device)
+        weight_sum = torch.zeros_like(norm)
+        total = torch.zeros_like(zf)
+        for lo in range(0, self.images.shape[0], self.chunk):
+            x = self.images[lo : lo + self.chunk]
+            # log N(z; alpha x_i, sigma^2) up to terms that do not depend on i
+            log_w = (alpha * zf / sigma**2) @ x.T - 0.5 * (alpha / sigma) ** 2 @ (x * x).T
+            new_norm = torch.maximum(norm, log_w.amax(1, keepdim=True))
+            scale, w = torch.exp(norm - new_norm), torch.exp(log_w - new_norm)
+            weight_sum = weight_sum * scale + w.sum(1, keepdim=True)
+            total = total * scale + w @ x
+            norm = new_norm
+        return (total / weight_sum).view(z.shape).to(z.device, z.dtype)
 
 
 ORACLES: dict[str, tuple[tuple[int, ...], dict]] = {
