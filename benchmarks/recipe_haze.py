@@ -18,6 +18,7 @@ resume; finished rows in results.json are skipped.
     python benchmarks/recipe_haze.py --rows start,control,sig+2 --steps 800
     python benchmarks/recipe_haze.py --trajectory start,eps_mse     # the haze along a run
     python benchmarks/recipe_haze.py --hybrid start,eps_mse   # which levels make the haze
+    python benchmarks/recipe_haze.py --grid-top start         # grids that stop lower
     python benchmarks/recipe_haze.py --haze-fid start         # what the haze costs in FID
     python benchmarks/recipe_haze.py --render --finding "..." --finding "..."
 
@@ -26,9 +27,10 @@ resume; finished rows in results.json are skipped.
 level and the row's net above it, and the other way round: a perfect denoiser makes no haze
 (it ends on training images), so the first column says how much haze the net's calls above the
 switch make from a perfect start, the second how much the calls below it leave that a perfect
-finish cannot remove. `--haze-fid` scores `HAZE_FID_NUM` samples by Inception FID as drawn and
-with every pixel at or below `FAINT_LEVEL` (8-bit) set to black, beside the real test images
-treated the same way, so the FID that the faint grey costs is read off directly.
+finish cannot remove (none: the oracle snaps to a training image even at the last calls).
+`--haze-fid` scores `HAZE_FID_NUM` samples by Inception FID as drawn and with every pixel at or
+below `FAINT_LEVEL` (8-bit) set to black, beside as many real test images treated both ways, so
+the FID that the faint grey costs is read off directly (a diagnostic, not a sampler option).
 """
 
 from __future__ import annotations
@@ -71,6 +73,9 @@ ORACLE_IMAGES = 20000
 """Training images (the first ones) of the empirical-data denoiser."""
 HYBRID_NUM = 500
 HAZE_FID_NUM = 2000
+GRID_TOPS = (12.43, 10.0, 8.0, 6.0, 4.0)
+"""`--grid-top`: the last finite level of a uniform-logsnr `dpmpp_2m` grid from -8.76 (the
+default grid spans -8.76 to 12.43); the step after it goes to the data (logsnr = +inf)."""
 FAINT_LEVEL = 15
 """`--haze-fid`: 8-bit levels 1..FAINT_LEVEL count as faint grey and are set to 0."""
 
@@ -276,14 +281,50 @@ def add_hybrids(rows: list[str]) -> None:
         locked_update(FOLDER / RAW, {"rows": {row: {"hybrid": hybrid(model, oracle)}}})
 
 
+def grid_top(model, num: int = 1000) -> dict:
+    """`{"dpmpp_2m/<steps>": {top: [haze, fd-lenet]}}` over `GRID_TOPS` at 8 and 16 steps (`num`
+    class-balanced samples, seed 0): does stopping the grid below the levels where the net
+    passes the noise through remove the haze?"""
+    import torch
+    from recipe import lenet_scorer
+
+    from difflab.api import sample
+    from difflab.eval.image_stats import haze_share
+
+    fd = lenet_scorer(model.config.data.name, "cpu")
+    out = {}
+    for steps in (8, 16):
+        cells = out[f"dpmpp_2m/{steps}"] = {}
+        for top in GRID_TOPS:
+            grid = torch.cat([torch.linspace(-8.76, top, steps), torch.tensor([math.inf])])
+            gen = sample(model, num=num, sampler="dpmpp_2m", steps=steps, grid=grid, seed=0,
+                         progress=False)  # fmt: skip
+            cells[f"{top:g}"] = [haze_share(gen.samples), fd(gen.samples)]
+            print(f"  {steps} steps, top {top:g}: haze, fd-lenet {cells[f'{top:g}']}", flush=True)
+    return out
+
+
+def add_grid_tops(rows: list[str]) -> None:
+    """`--grid-top`: add `grid_top(...)` of the stored rows' models to results.json."""
+    from difflab.api import load
+
+    stored = read_json(FOLDER / RAW, {}).get("rows", {})
+    for row in rows:
+        print(f"{row}: grid tops", flush=True)
+        locked_update(
+            FOLDER / RAW, {"rows": {row: {"grid_top": grid_top(load(stored[row]["run"]))}}}
+        )
+
+
 def faint_to_black(images):
     """uint8 images with the levels 1..FAINT_LEVEL set to 0."""
     return images.masked_fill((images > 0) & (images <= FAINT_LEVEL), 0)
 
 
-def haze_fid(model, num: int = HAZE_FID_NUM) -> dict:
-    """Inception FID against the test split of `num` `dpmpp_2m` (16 NFE) samples as drawn and
-    with faint pixels blackened, and of `num` real test images blackened the same way."""
+def haze_fid(model, num: int = HAZE_FID_NUM, done: dict | None = None) -> dict:
+    """Inception FID against the test split of `num` `dpmpp_2m` (16 NFE) samples and of the
+    first `num` real test images, each as they are and with faint pixels blackened; the sets
+    already in `done` (a stored record of the same `num`) are kept, not recomputed."""
     from difflab.api import sample
     from difflab.eval.features import get_feature_extractor
     from difflab.eval.image_stats import haze_share
@@ -298,24 +339,29 @@ def haze_fid(model, num: int = HAZE_FID_NUM) -> dict:
                                    progress=False).samples)  # fmt: skip
     real = reference_images(dataset, "test", num)
     sets = {"samples": drawn, "samples, faint blackened": faint_to_black(drawn),
-            "real test, faint blackened": faint_to_black(real)}  # fmt: skip
+            "real test": real, "real test, faint blackened": faint_to_black(real)}  # fmt: skip
     out = {"num": num, "faint_level": FAINT_LEVEL}
+    done = done if done and done.get("num") == num else {}
     for name, images in sets.items():
+        if name in done:
+            out[name] = done[name]
+            continue
         stats = feature_stats(inception(images, progress=False), name)
-        fid = frechet_distance_from_stats(*stats, *ref)
+        fid = frechet_distance_from_stats(stats.mu, stats.cov, ref.mu, ref.cov)
         out[name] = {"fid": fid, "haze": haze_share(images)}
         print(f"  {name}: {out[name]}", flush=True)
     return out
 
 
 def add_haze_fids(rows: list[str]) -> None:
-    """`--haze-fid`: add `haze_fid(...)` of the stored rows' models to results.json."""
+    """`--haze-fid`: add `haze_fid(...)` of the stored rows' models to results.json (sets
+    already stored are kept)."""
     from difflab.api import load
 
     stored = read_json(FOLDER / RAW, {}).get("rows", {})
     for row in rows:
         print(f"{row}: haze FID", flush=True)
-        record = haze_fid(load(stored[row]["run"]))
+        record = haze_fid(load(stored[row]["run"]), done=stored[row].get("haze_fid"))
         locked_update(FOLDER / RAW, {"rows": {row: {"haze_fid": record}}})
 
 
@@ -404,7 +450,7 @@ def report_text(folder: str | Path) -> str:
         table = [[f"`{name}`", *[f"{fmt_sig(x, 2)} / {fmt_sig(z, 2)}" for _, x, z in calls]]
                  for name, calls in traced.items()]  # fmt: skip
         lines += markdown_table(head, table, "l" + "r" * len(first))
-    lines += hybrid_section(rows) + haze_fid_section(rows)
+    lines += hybrid_section(rows) + grid_top_section(rows) + haze_fid_section(rows)
     for note in data.get("findings", []):
         lines += ["", note]
     return "\n".join(lines) + "\n"
@@ -423,6 +469,21 @@ def hybrid_section(rows: dict) -> list[str]:
     table = [[f"`{name}`", *[f"{fmt_sig(a, 2)} / {fmt_sig(b, 2)}" for a, b in cells.values()]]
              for name, cells in mixed.items()]  # fmt: skip
     return lines + markdown_table(head, table, "l" + "r" * len(switches))
+
+
+def grid_top_section(rows: dict) -> list[str]:
+    tops = {name: r["grid_top"] for name, r in rows.items() if "grid_top" in r}
+    if not tops:
+        return []
+    lines = ["", "`dpmpp_2m` on a uniform-logsnr grid from -8.76 to a lower last level, then to "
+             "the data (1000 samples, seed 0; `--grid-top`): haze / fd-lenet.", ""]  # fmt: skip
+    head = ["row", "sampler", *[f"top {t:g}" for t in GRID_TOPS]]
+    table = [
+        [f"`{name}`", sampler, *[f"{fmt_sig(h, 2)} / {fmt_sig(f)}" for h, f in by_top.values()]]
+        for name, record in tops.items()
+        for sampler, by_top in record.items()
+    ]
+    return lines + markdown_table(head, table, "ll" + "r" * len(GRID_TOPS))
 
 
 def haze_fid_section(rows: dict) -> list[str]:
@@ -461,6 +522,12 @@ def main(argv: list[str] | None = None) -> int:
         help="add oracle/net hybrid sampling of these stored rows' models",
     )
     p.add_argument(
+        "--grid-top",
+        default=None,
+        metavar="ROWS",
+        help="add the haze of grids that end at lower levels, for these stored rows' models",
+    )
+    p.add_argument(
         "--haze-fid",
         default=None,
         metavar="ROWS",
@@ -471,10 +538,16 @@ def main(argv: list[str] | None = None) -> int:
         help="with --render: replace the report's findings with these paragraphs",
     )  # fmt: skip
     args = p.parse_args(argv)
-    for option, add in ((args.trajectory, add_trajectories), (args.hybrid, add_hybrids),
-                        (args.haze_fid, add_haze_fids)):  # fmt: skip
+    added = (
+        (args.trajectory, add_trajectories),
+        (args.hybrid, add_hybrids),
+        (args.grid_top, add_grid_tops),
+        (args.haze_fid, add_haze_fids),
+    )
+    for option, add in added:
         if option:
             add([r.strip() for r in option.split(",") if r.strip()])
+            record_run(FOLDER, command_line())
     if args.finding:
         locked_update(FOLDER / RAW, {"findings": args.finding}, lambda new, old: {**old, **new})
     if args.render:
