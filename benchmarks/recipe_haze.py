@@ -36,6 +36,7 @@ the FID that the faint grey costs is read off directly (a diagnostic, not a samp
 from __future__ import annotations
 
 import argparse
+import functools
 import math
 import sys
 import time
@@ -74,8 +75,10 @@ ORACLE_IMAGES = 20000
 HYBRID_NUM = 500
 HAZE_FID_NUM = 2000
 GRID_TOPS = (12.43, 10.0, 8.0, 6.0, 4.0)
-"""`--grid-top`: the last finite level of a uniform-logsnr `dpmpp_2m` grid from -8.76 (the
+"""`--grid-top`: the last finite level of a uniform-logsnr `dpmpp_2m` grid from `GRID_LOW` (the
 default grid spans -8.76 to 12.43); the step after it goes to the data (logsnr = +inf)."""
+GRID_LOW = -8.76
+"""First level of the `--grid-top` grids: the default `dpmpp_2m` grid's (-8.764), rounded."""
 FAINT_LEVEL = 15
 """`--haze-fid`: 8-bit levels 1..FAINT_LEVEL count as faint grey and are set to 0."""
 
@@ -195,17 +198,19 @@ def trajectory(model, sampler: str = "dpmpp_2m", steps: int = 16, num: int = 200
     return calls
 
 
-def add_trajectories(rows: list[str]) -> None:
-    """`--trajectory`: add `trajectory(...)` of the stored rows' models to results.json."""
+def add_to_rows(rows: list[str], key: str, measure) -> None:
+    """Store `measure(model, stored_row)` of each stored row's model under `key` in
+    results.json (the `--trajectory`, `--hybrid`, `--grid-top` and `--haze-fid` options)."""
     from difflab.api import load
 
     stored = read_json(FOLDER / RAW, {}).get("rows", {})
     for row in rows:
-        calls = trajectory(load(stored[row]["run"]))
-        locked_update(FOLDER / RAW, {"rows": {row: {"trajectory": calls}}})
-        print(f"{row}: {calls}")
+        print(f"{row}: {key}", flush=True)
+        record = measure(load(stored[row]["run"]), stored[row])
+        locked_update(FOLDER / RAW, {"rows": {row: {key: record}}})
 
 
+@functools.cache
 def class_oracle(dataset: str, num: int = ORACLE_IMAGES):
     """`make_denoise(labels)` of the exact denoiser of the first `num` training images, one
     `EmpiricalDenoiser` per class (the labels select the class of each sample)."""
@@ -236,7 +241,7 @@ def class_oracle(dataset: str, num: int = ORACLE_IMAGES):
     return make_denoise
 
 
-def hybrid(model, oracle, num: int = HYBRID_NUM) -> dict:
+def hybrid(model, num: int = HYBRID_NUM) -> dict:
     """`{switch: [haze oracle-then-net, haze net-then-oracle]}` over `SWITCHES` (`dpmpp_2m`, 16
     steps, `num` class-balanced samples, noise seed 0 for every cell)."""
     from difflab.api import class_labels
@@ -244,6 +249,7 @@ def hybrid(model, oracle, num: int = HYBRID_NUM) -> dict:
     from difflab.sampling.generate import generate
 
     labels = class_labels(model, num, None)
+    oracle = class_oracle(model.config.data.name)
 
     def switched(first, then, switch):
         def make_denoise(labels=None):
@@ -268,19 +274,6 @@ def hybrid(model, oracle, num: int = HYBRID_NUM) -> dict:
     return out
 
 
-def add_hybrids(rows: list[str]) -> None:
-    """`--hybrid`: add `hybrid(...)` of the stored rows' models to results.json."""
-    from difflab.api import load
-
-    stored = read_json(FOLDER / RAW, {}).get("rows", {})
-    oracle = None
-    for row in rows:
-        model = load(stored[row]["run"])
-        oracle = oracle or class_oracle(model.config.data.name)
-        print(f"{row}: hybrid sampling", flush=True)
-        locked_update(FOLDER / RAW, {"rows": {row: {"hybrid": hybrid(model, oracle)}}})
-
-
 def grid_top(model, num: int = 1000) -> dict:
     """`{"dpmpp_2m/<steps>": {top: [haze, fd-lenet]}}` over `GRID_TOPS` at 8 and 16 steps (`num`
     class-balanced samples, seed 0): does stopping the grid below the levels where the net
@@ -296,24 +289,12 @@ def grid_top(model, num: int = 1000) -> dict:
     for steps in (8, 16):
         cells = out[f"dpmpp_2m/{steps}"] = {}
         for top in GRID_TOPS:
-            grid = torch.cat([torch.linspace(-8.76, top, steps), torch.tensor([math.inf])])
+            grid = torch.cat([torch.linspace(GRID_LOW, top, steps), torch.tensor([math.inf])])
             gen = sample(model, num=num, sampler="dpmpp_2m", steps=steps, grid=grid, seed=0,
                          progress=False)  # fmt: skip
             cells[f"{top:g}"] = [haze_share(gen.samples), fd(gen.samples)]
             print(f"  {steps} steps, top {top:g}: haze, fd-lenet {cells[f'{top:g}']}", flush=True)
     return out
-
-
-def add_grid_tops(rows: list[str]) -> None:
-    """`--grid-top`: add `grid_top(...)` of the stored rows' models to results.json."""
-    from difflab.api import load
-
-    stored = read_json(FOLDER / RAW, {}).get("rows", {})
-    for row in rows:
-        print(f"{row}: grid tops", flush=True)
-        locked_update(
-            FOLDER / RAW, {"rows": {row: {"grid_top": grid_top(load(stored[row]["run"]))}}}
-        )
 
 
 def faint_to_black(images):
@@ -351,18 +332,6 @@ def haze_fid(model, num: int = HAZE_FID_NUM, done: dict | None = None) -> dict:
         out[name] = {"fid": fid, "haze": haze_share(images)}
         print(f"  {name}: {out[name]}", flush=True)
     return out
-
-
-def add_haze_fids(rows: list[str]) -> None:
-    """`--haze-fid`: add `haze_fid(...)` of the stored rows' models to results.json (sets
-    already stored are kept)."""
-    from difflab.api import load
-
-    stored = read_json(FOLDER / RAW, {}).get("rows", {})
-    for row in rows:
-        print(f"{row}: haze FID", flush=True)
-        record = haze_fid(load(stored[row]["run"]), done=stored[row].get("haze_fid"))
-        locked_update(FOLDER / RAW, {"rows": {row: {"haze_fid": record}}})
 
 
 def score(args, run: str | Path) -> dict:
@@ -475,8 +444,9 @@ def grid_top_section(rows: dict) -> list[str]:
     tops = {name: r["grid_top"] for name, r in rows.items() if "grid_top" in r}
     if not tops:
         return []
-    lines = ["", "`dpmpp_2m` on a uniform-logsnr grid from -8.76 to a lower last level, then to "
-             "the data (1000 samples, seed 0; `--grid-top`): haze / fd-lenet.", ""]  # fmt: skip
+    lines = ["", f"`dpmpp_2m` on a uniform-logsnr grid from {GRID_LOW} to a lower last "
+             "level, then to the data (1000 samples, seed 0; `--grid-top`): haze / fd-lenet.",
+             ""]  # fmt: skip
     head = ["row", "sampler", *[f"top {t:g}" for t in GRID_TOPS]]
     table = [
         [f"`{name}`", sampler, *[f"{fmt_sig(h, 2)} / {fmt_sig(f)}" for h, f in by_top.values()]]
@@ -539,14 +509,14 @@ def main(argv: list[str] | None = None) -> int:
     )  # fmt: skip
     args = p.parse_args(argv)
     added = (
-        (args.trajectory, add_trajectories),
-        (args.hybrid, add_hybrids),
-        (args.grid_top, add_grid_tops),
-        (args.haze_fid, add_haze_fids),
+        (args.trajectory, "trajectory", lambda model, _: trajectory(model)),
+        (args.hybrid, "hybrid", lambda model, _: hybrid(model)),
+        (args.grid_top, "grid_top", lambda model, _: grid_top(model)),
+        (args.haze_fid, "haze_fid", lambda model, row: haze_fid(model, done=row.get("haze_fid"))),
     )
-    for option, add in added:
+    for option, key, measure in added:
         if option:
-            add([r.strip() for r in option.split(",") if r.strip()])
+            add_to_rows([r.strip() for r in option.split(",") if r.strip()], key, measure)
             record_run(FOLDER, command_line())
     if args.finding:
         locked_update(FOLDER / RAW, {"findings": args.finding}, lambda new, old: {**old, **new})
