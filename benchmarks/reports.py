@@ -43,6 +43,7 @@ RENDERERS = {
     "recipe/mnist_xpred": "recipe",
     "recipe/haze": "recipe_haze",
     "recipe/guidance": "recipe_guidance",
+    "recipe/guidance_xpred": "recipe_guidance",
     "recipe/res64": "recipe_resolution",
     "dual_rate": "dual_rate_frontier",
     "discrete/dmmd_oracle": "discrete_dmmd_oracle",
