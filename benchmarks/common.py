@@ -8,15 +8,12 @@ commands that made them, with commit, machine and date) and its plots. Scripts r
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import json
 import os
 import platform
 import shlex
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -158,13 +155,6 @@ def merge_stored(ours: dict, stored: dict) -> dict:
     return ours
 
 
-def lock_file(path: Path) -> Path:
-    """The lock of a store: in the temporary folder (not next to the results, where it would
-    be committed), named by the store's absolute path."""
-    digest = hashlib.sha256(str(path.resolve()).encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"difflab-bench-{digest}.lock"
-
-
 def locked_update(
     path: str | Path,
     data: dict,
@@ -176,10 +166,11 @@ def locked_update(
     """Merge `data` with the JSON file at `path` under an exclusive lock (`merge(data,
     stored)` returns the merged dict), save it atomically and return it: several processes can
     share one store (e.g. two student runs on two cores) without one dropping the other's rows."""
+    from difflab.fileio import exclusive_lock
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(lock_file(path), "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
+    with exclusive_lock(path):
         stored = read_json(path, {})
         merged = merge(data, stored)
         write_json(path, merged, indent=indent, sort_keys=sort_keys)

@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -109,6 +110,32 @@ def test_append_json_record(tmp_path):
     with pytest.raises(ValueError, match=r"r\.json holds a JSON dict, not a list"):
         append_json_record(out, {"a": 3})
     assert read_json(out) == {"not": "a list"}
+
+
+def test_append_json_record_keeps_every_record_of_concurrent_writers(tmp_path):
+    """Two processes appending to one file at once (two `difflab eval --out` runs) lose
+    nothing: the read-modify-write is under `exclusive_lock`. Both writers wait for a start
+    signal so that their appends overlap (without the lock about half the records are lost)."""
+    out, go = tmp_path / "shared.json", tmp_path / "go"
+    script = (
+        "import os, sys, time; from difflab.fileio import append_json_record\n"
+        "open(sys.argv[3], 'w').close()\n"
+        "while not os.path.exists(sys.argv[4]): time.sleep(0.001)\n"
+        "for i in range(100): append_json_record(sys.argv[1], {'writer': sys.argv[2], 'i': i})"
+    )
+    ready = {w: tmp_path / f"ready_{w}" for w in "ab"}
+    writers = [
+        subprocess.Popen([sys.executable, "-c", script, str(out), w, str(ready[w]), str(go)])
+        for w in "ab"
+    ]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready.values()) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    go.touch()
+    assert [w.wait(timeout=120) for w in writers] == [0, 0]
+    records = read_json(out)
+    for w in "ab":  # every record, each writer's in its own order
+        assert [r["i"] for r in records if r["writer"] == w] == list(range(100))
 
 
 def test_remove_stale_temp_files_spares_live_writers(tmp_path):

@@ -8,14 +8,24 @@ old target byte for byte as it was, so a crash or a full disk never truncates a 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+try:  # POSIX; elsewhere the lock is a no-op and concurrent appends to one file are unsafe
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None
+
 __all__ = [
     "append_json_record",
+    "exclusive_lock",
     "fsync_dir",
     "pid_alive",
     "read_json",
@@ -94,20 +104,43 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path} is not valid JSON: not UTF-8 at byte {err.start}") from None
 
 
+def lock_path(path: str | Path) -> Path:
+    """The lock file of `path`: in the temporary folder (not beside the target, where it would
+    be committed with results), named by a hash of the target's absolute path."""
+    digest = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"difflab-{digest}.lock"
+
+
+@contextmanager
+def exclusive_lock(path: str | Path) -> Iterator[None]:
+    """Hold an exclusive advisory lock on `path` across processes (`flock` on `lock_path`) for
+    a read-modify-write of that file, so that two writers never drop each other's update."""
+    fd = os.open(lock_path(path), os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        if fcntl is not None:
+            fcntl.flock(fd, fcntl.LOCK_EX)  # released when the descriptor is closed
+        yield
+    finally:
+        os.close(fd)
+
+
 def append_json_record(path: str | Path, record: Any) -> list:
-    """Append `record` to the JSON list stored in `path` (created if missing), atomically.
+    """Append `record` to the JSON list stored in `path` (created if missing), atomically and
+    under `exclusive_lock`: processes appending to one file (two `difflab eval --out` runs)
+    keep every record.
 
     Returns the new list. A file holding something other than a list raises `ValueError`
     naming it; nothing is written then."""
     path = Path(path)
-    records = read_json(path) if path.exists() else []
-    if not isinstance(records, list):
-        raise ValueError(
-            f"{path} holds a JSON {type(records).__name__}, not a list of records; "
-            "choose another output file"
-        )
-    records.append(record)
-    write_json_atomic(path, records)
+    with exclusive_lock(path):
+        records = read_json(path) if path.exists() else []
+        if not isinstance(records, list):
+            raise ValueError(
+                f"{path} holds a JSON {type(records).__name__}, not a list of records; "
+                "choose another output file"
+            )
+        records.append(record)
+        write_json_atomic(path, records)
     return records
 
 

@@ -12,7 +12,8 @@ features, not FID); `elbo` is the model's ELBO in bits/dim on reference images. 
 statistics are taken from the cache and computed on first use (`refstats`); KID and
 precision/recall compare against the features of the first `--ref-num` reference images.
 Dataset, split, metrics, optional extras, image shapes and `--out` are checked before any
-sampling; `--out` appends the record to a JSON list, atomically.
+sampling; `--out` appends the record to a JSON list, atomically and under a file lock (runs in
+parallel may share one file).
 """
 
 from __future__ import annotations
