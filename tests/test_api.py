@@ -108,7 +108,7 @@ def test_evaluate_appends_its_record_and_checks_the_out_file(model, tmp_path):
     assert record["fd-lenet"] == pytest.approx(direct, rel=1e-9)
     api.evaluate(model, out=out, **kwargs)
     assert len(json.loads(out.read_text())) == 2
-    with pytest.raises(ValueError, match="elbo-logsnr-max must lie in"):
+    with pytest.raises(ValueError, match="elbo-logsnr-max must be .best. or lie in"):
         api.evaluate(model, metrics="elbo", num=4, elbo_logsnr_max=99.0)
 
 

@@ -490,7 +490,33 @@ def test_eval_cli_scores_the_shipped_model_and_rejects_a_bad_decoder_level(tmp_p
     assert record["elbo_logsnr_max"] == 15.0 == direct["elbo_logsnr_max"]
     assert record["elbo_bits_per_dim"] == direct["elbo_bits_per_dim"]
     assert main(["eval", *common, "--metric", "elbo", "--elbo-logsnr-max", "30"]) == 2
-    assert "--elbo-logsnr-max must lie in" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "--elbo-logsnr-max must be 'best' or lie in (-15.0, 15.0], got 30.0" in err
+
+
+def test_elbo_at_the_best_level_chooses_it_on_held_out_training_images(capsys):
+    """`logsnr_max="best"`: the scan covers the decoder levels 6..15 on training images
+    `num..2 num`, the chosen level is its argmin, and the reported bound is the fixed-level
+    bound at that level on the requested split; a bad level names the flag."""
+    from difflab import api
+    from difflab.cli import main
+    from difflab.eval.reference import reference_images
+
+    model = api.load(api.shipped_model_path())
+    best = api.model_elbo(model, dataset="mnist", split="test", num=6, logsnr_max="best")
+    scan = best["elbo_level_scan"]
+    assert list(scan) == [float(level) for level in range(6, 16)]
+    assert best["elbo_logsnr_max"] == min(scan, key=scan.get)
+    level = best["elbo_logsnr_max"]
+    fixed = api.model_elbo(model, dataset="mnist", split="test", num=6, logsnr_max=level)
+    assert best["elbo_bits_per_dim"] == fixed["elbo_bits_per_dim"]
+    held_out = reference_images("mnist", "train", 12)[6:]
+    assert scan[15.0] == api._elbo_bits(model, held_out, 15.0, seed=0)
+    with pytest.raises(ValueError, match="must be 'best' or lie in"):
+        api.model_elbo(model, dataset="mnist", split="test", num=2, logsnr_max="worst")
+    ckpt = str(api.shipped_model_path())
+    assert main(["eval", ckpt, "--metric", "elbo", "--elbo-logsnr-max", "top"]) == 2
+    assert "--elbo-logsnr-max: must be a number or 'best', got 'top'" in capsys.readouterr().err
 
 
 def test_eval_real_scores_held_out_images_as_the_floor(tmp_path):

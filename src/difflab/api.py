@@ -429,38 +429,68 @@ def check_results_file(path: str | Path) -> Path:
     return path
 
 
+ELBO_DECODER_LEVELS = tuple(float(level) for level in range(6, 16))
+"""The decoder levels that `model_elbo(..., logsnr_max="best")` scans (those inside the
+model's schedule, plus its end)."""
+
+
 def model_elbo(
     model: LoadedModel, *, dataset: str, split: str, num: int, seed: int = 0,
-    logsnr_max: float | None = None,
-) -> dict[str, float]:  # fmt: skip
+    logsnr_max: float | str | None = None,
+) -> dict[str, Any]:  # fmt: skip
     """`{"elbo_bits_per_dim", "elbo_logsnr_max"}`: the mean ELBO in bits/dim
     (`eval.likelihood.elbo`) of the first `num` reference images (8-bit, discretized decoder at
     `logsnr_max`, default the schedule's end), evaluated without class labels (the unconditional
     model of a CFG-trained net). `x_hat` is clipped to the data range [-1, 1]: the bound holds
-    for any function `x_hat(z)`, and clipping only moves it towards the data."""
-    from .eval.likelihood import elbo
+    for any function `x_hat(z)`, and clipping only moves it towards the data.
+
+    `logsnr_max="best"` chooses the decoder level on other images than those it reports on:
+    the level of `ELBO_DECODER_LEVELS` with the lowest bound on training images `num..2 num`
+    (never the first `num`, so not the reported ones when `split="train"`), then the bound at
+    that level on `split`; the scan is returned as `elbo_level_scan` ({level: bits/dim})."""
     from .eval.reference import reference_images
 
+    if logsnr_max == "best":
+        s = model.schedule
+        levels = [lv for lv in ELBO_DECODER_LEVELS if s.logsnr_min < lv < s.logsnr_max]
+        held_out = reference_images(dataset, "train", 2 * num)[num:]
+        scan = {lv: _elbo_bits(model, held_out, lv, seed) for lv in [*levels, s.logsnr_max]}
+        best = min(scan, key=scan.get)
+        return {**model_elbo(model, dataset=dataset, split=split, num=num, seed=seed,
+                             logsnr_max=best), "elbo_level_scan": scan}  # fmt: skip
     top = _elbo_top(model, logsnr_max)
+    images = reference_images(dataset, split, num)
+    return {"elbo_bits_per_dim": _elbo_bits(model, images, top, seed), "elbo_logsnr_max": top}
+
+
+def _elbo_bits(model: LoadedModel, images: torch.Tensor, top: float, seed: int) -> float:
+    """The mean clipped ELBO (bits/dim) of uint8 `images` with the decoder at logsnr `top`."""
+    from .eval.likelihood import elbo
+
     device = model.device
-    images = reference_images(dataset, split, num).float().to(device) / 127.5 - 1
+    x = images.float().to(device) / 127.5 - 1
     gen = torch.Generator(device).manual_seed(seed)
     denoise = NetDenoiser(model.net, model.prediction, 1.0)()
     s = model.schedule
     with torch.inference_mode():
         values = [
             elbo(denoise, b, logsnr_min=s.logsnr_min, logsnr_max=top, num_t=4, generator=gen)
-            .bits_per_dim for b in images.split(250)
+            .bits_per_dim for b in x.split(250)
         ]  # fmt: skip
-    return {"elbo_bits_per_dim": float(torch.cat(values).mean()), "elbo_logsnr_max": top}
+    return float(torch.cat(values).mean())
 
 
-def _elbo_top(model: LoadedModel, logsnr_max: float | None) -> float:
+def _elbo_top(model: LoadedModel, logsnr_max: float | str | None) -> float | str:
+    """The decoder level `logsnr_max` stands for (`"best"` passes), checked against the
+    schedule's range."""
     s = model.schedule
+    if logsnr_max == "best":
+        return logsnr_max
     top = s.logsnr_max if logsnr_max is None else logsnr_max
-    if not s.logsnr_min < top <= s.logsnr_max:
+    if isinstance(top, str) or not s.logsnr_min < top <= s.logsnr_max:
         raise ValueError(
-            f"--elbo-logsnr-max must lie in ({s.logsnr_min}, {s.logsnr_max}], got {top}"
+            f"--elbo-logsnr-max must be 'best' or lie in ({s.logsnr_min}, {s.logsnr_max}], "
+            f"got {top!r}"
         )
     return top
 
@@ -482,7 +512,7 @@ def evaluate(
     dataset: str | None = None,
     split: str = "test",
     ref_num: int = 10_000,
-    elbo_logsnr_max: float | None = None,
+    elbo_logsnr_max: float | str | None = None,
     out: str | Path | None = None,
     **sample_kwargs,
 ) -> dict[str, Any]:

@@ -26,6 +26,16 @@ def positive_int(text: str) -> int:
     return value
 
 
+def elbo_level(text: str) -> float | str:
+    """argparse type: a decoder logsnr (a number) or `best`."""
+    if text == "best":
+        return text
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number or 'best', got {text!r}") from None
+
+
 def interval(text: str) -> tuple[float, float]:
     """argparse type: `LO,HI` in logsnr, `LO <= HI` (`-inf`/`inf` allowed)."""
     try:

@@ -22,7 +22,13 @@ import argparse
 import os
 from pathlib import Path
 
-from .args import EVAL_COMMANDS, add_sampling_arguments, positive_int, sampling_kwargs
+from .args import (
+    EVAL_COMMANDS,
+    add_sampling_arguments,
+    elbo_level,
+    positive_int,
+    sampling_kwargs,
+)
 from .sample import CHECKPOINT_HELP
 
 FEATURES = ("fid", "fd-lenet")
@@ -131,9 +137,11 @@ def add_parsers(sub) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument(
         "--elbo-logsnr-max",
-        type=float,
+        type=elbo_level,
         default=None,
-        help="logsnr of the ELBO's discretized decoder (default: the schedule's maximum)",
+        help="logsnr of the ELBO's discretized decoder (default: the schedule's maximum); "
+        "'best': the level of 6..15 with the lowest bound on training images other than the "
+        "reported ones (the scan goes into the record)",
     )
     c.add_argument("--out", default=None, help="JSON file to append the record to")
     add_fid_runtime_argument(c)
