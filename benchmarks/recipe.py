@@ -258,6 +258,32 @@ def lenet_scorer(dataset: str, device: str):
     return lambda images: frechet_distance(lenet(images), stats)
 
 
+def best_level_elbo(model, args) -> dict:
+    """The ELBO with the decoder level chosen on held-out training images
+    (`model_elbo(..., logsnr_max="best")`), as `elbo_best_*` keys beside the schedule-end one."""
+    from difflab.api import model_elbo
+
+    best = model_elbo(model, dataset=args.dataset, split="test", num=args.elbo_num,
+                      logsnr_max="best")  # fmt: skip
+    return {"elbo_best_bits_per_dim": best["elbo_bits_per_dim"],
+            "elbo_best_logsnr_max": best["elbo_logsnr_max"]}  # fmt: skip
+
+
+def add_best_level_elbo(args, folder: str, model_file: str, command: str) -> int:
+    """`--best-elbo FOLDER MODEL`: `best_level_elbo` of `MODEL` into FOLDER's final record."""
+    from difflab.api import load
+
+    model = load(model_file, device=args.device)
+    args.dataset = model.config.data.name
+    best = best_level_elbo(model, args)
+    print(f"{folder}: {best}")
+    merge = lambda mine, stored: {**stored, "final": {**stored["final"], **mine}}  # noqa: E731
+    locked_update(Path(folder) / RAW, best, merge)
+    record_run(folder, command, args.device)
+    write_report(folder, report_text(folder))
+    return 0
+
+
 def final_model(args, folder: Path) -> int:
     """`--final RUN_DIR`: score a finished final-recipe run at 8/16/32 NFE with each sampler
     (fd-lenet, haze, FID with `--fid`), beside the real-data floor (the first `--num` train
@@ -312,6 +338,7 @@ def final_model(args, folder: Path) -> int:
         "machine": args.machine_name,
         "title": args.title,
         **model_elbo(model, dataset=args.dataset, split="test", num=args.elbo_num),
+        **best_level_elbo(model, args),
     }
     if args.export:
         out = export_model(args.final, args.export, ema=ema)
@@ -401,7 +428,11 @@ def final_section(final: dict | None) -> list[str]:
     lines = ["", f"## Final model: `{final['run']}` (step {final['step']}, "
              f"{final['images_seen']} images, {final['machine']})", "",
              f"{final['num']} samples per cell; ELBO {fmt_sig(final['elbo_bits_per_dim'])} "
-             "bits/dim" + (f"; EMA decay {final['ema']}" if "ema" in final else "") + ".",
+             f"bits/dim (decoder at logsnr {fmt_sig(final['elbo_logsnr_max'])}"
+             + (f"; {fmt_sig(final['elbo_best_bits_per_dim'])} at logsnr "
+                f"{fmt_sig(final['elbo_best_logsnr_max'])}, the level chosen on held-out "
+                "training images" if "elbo_best_bits_per_dim" in final else "") + ")"
+             + (f"; EMA decay {final['ema']}" if "ema" in final else "") + ".",
              ""]  # fmt: skip
     for metric in metrics:
         table = [[name] + [fmt_sig(rows[f"{name}/{n}"][metric]) if f"{name}/{n}" in rows else "-"
@@ -542,6 +573,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--final-wall", type=float, default=0.0, help="its training wall seconds")
     p.add_argument("--ema", type=float, default=None, help="with --final: the EMA decay scored "
                    "and exported (default: the run's first)")  # fmt: skip
+    p.add_argument("--best-elbo", nargs=2, metavar=("FOLDER", "MODEL"),
+                   help="add MODEL's ELBO at the held-out-chosen decoder level to FOLDER's final "
+                   "record (records made before the level was reported)")  # fmt: skip
     args = p.parse_args(argv)
     if args.report:
         write_report(args.report, report_text(args.report))
@@ -564,6 +598,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     if args.fid_only:
         return fid_only(args, folder, data.get("rows", {}))
+    if args.best_elbo:
+        return add_best_level_elbo(args, *args.best_elbo, command_line(argv, "recipe.py"))
     if args.final:
         code = final_model(args, folder)
         record_run(folder, command_line(argv, "recipe.py"), args.device)
