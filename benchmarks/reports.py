@@ -21,6 +21,7 @@ from common import REPORT, RESULTS, ROOT, write_report
 RENDERERS = {
     "samplers": "samplers_report",
     "samplers_mnist": "samplers_report",
+    "samplers_mnist_v3": "samplers_report",
     "diffusers_model": "diffusers_model_samplers",
     "cov_ddim_mnist": "cov_ddim_mnist",
     "distill": "distill_reports",
