@@ -467,6 +467,8 @@ def test_eval_cli_scores_the_shipped_model_and_rejects_a_bad_decoder_level(tmp_p
     ckpt, out = str(api.shipped_model_path()), tmp_path / "eval.json"
     common = [ckpt, "--num", "24", "--ref-num", "200", "--sampler", "ddim", "--steps", "3"]
     assert main(["eval", *common, "--metric", "fd-lenet,elbo", "--out", str(out)]) == 0
+    # the shipped model predicts x: the default level's bound comes with a pointer to `best`
+    assert "ELBO with the decoder at the schedule's end is loose" in capsys.readouterr().err
     (record,) = json.loads(out.read_text())
     assert record["grid"] == "default: uniform_t" and record["nfe"] == 3
     # the record says which weights and sampler options made it (rows stay distinguishable)

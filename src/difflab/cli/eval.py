@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from .args import (
@@ -77,6 +78,13 @@ def cmd_checkpoint(a: argparse.Namespace) -> int:
         elbo_logsnr_max=a.elbo_logsnr_max, out=a.out, seed=a.seed, **kwargs,
     )  # fmt: skip
     report(record, a.out)
+    if "elbo" in metrics and a.elbo_logsnr_max is None and model.prediction == "x":
+        print(
+            "note: an x-prediction model's ELBO with the decoder at the schedule's end is loose "
+            "(its x_hat does not reproduce an almost clean input); --elbo-logsnr-max best "
+            "chooses the level on held-out training images",
+            file=sys.stderr,
+        )
     return 0
 
 
