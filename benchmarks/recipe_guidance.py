@@ -297,7 +297,13 @@ def report_text(folder: str | Path) -> str:
         "fd-lenet: Frechet distance in difflab's MNIST LeNet features against the 10k test "
         "images, not FID; precision/recall: k-NN manifolds (k = 3) in the same features, "
         "against as many test images as samples; haze: share of the outer 4-pixel border that "
-        "is not black (`difflab.eval.image_stats.haze_share`).",
+        "is not black (`difflab.eval.image_stats.haze_share`)."
+        + (
+            f" FID: Inception FID of the {setup.get('num')} samples against the 10k test images "
+            "(biased upwards at this sample size: read it against the real images' row)."
+            if any("fid" in r for r in rows.values())
+            else ""
+        ),
         "",
     ]
     by_mode = curves(rows)
@@ -318,19 +324,22 @@ def report_text(folder: str | Path) -> str:
                       *(fmt_sig(real[m], 3) if m in real else "-" for m in metrics)])  # fmt: skip
     lines += markdown_table(head, table, "rlr" + "r" * len(metrics))
     lines += ["", f"![fd-lenet and precision/recall against the weight]({PLOT})", ""]
-    lines += ["## Best weight per mode (by fd-lenet)", ""]
-    for mode, recs in by_mode.items():
-        best = min(recs, key=lambda r: r["fd-lenet"])
-        lines.append(
-            f"- `{mode}`: w = {best['weight']:g}, fd-lenet {fmt_sig(best['fd-lenet'])}, "
-            f"precision {fmt_sig(best['pr-lenet_precision'])}, recall "
-            f"{fmt_sig(best['pr-lenet_recall'])}, haze {fmt_sig(best['haze'])}"
-        )
+    for distance in ("fd-lenet", "fid"):
+        if not all(distance in r for recs in by_mode.values() for r in recs):
+            continue
+        lines += [f"## Best weight per mode (by {SHOWN[distance]})", ""]
+        for mode, recs in by_mode.items():
+            best = min(recs, key=lambda r: r[distance])
+            lines.append(
+                f"- `{mode}`: w = {best['weight']:g}, "
+                + ", ".join(f"{SHOWN[m]} {fmt_sig(best[m])}" for m in metrics if m in best)
+            )
+        lines.append("")
     machines = [f"`{k}`: {v.get('gpu') or v.get('cpu')}, {v.get('cores')} cores, "
                 f"{v.get('torch_threads')} torch threads, torch {v.get('torch')}"
                 for k, v in setup.get("machines", {}).items()]  # fmt: skip
-    lines += ["", "One sampling seed: differences below a few fd-lenet points are within the "
-              "spread of a 500-sample estimate and are not findings.", "",
+    lines += ["One sampling seed: differences below a few fd-lenet points are within the "
+              f"spread of a {setup.get('num')}-sample estimate and are not findings.", "",
               "Machines: " + "; ".join(machines) + ".", ""]  # fmt: skip
     return "\n".join(lines)
 
