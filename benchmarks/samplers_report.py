@@ -136,6 +136,9 @@ def targets(rows: list[Row], key: str, setup: View) -> list[str]:
 
 def table(rows: list[Row], key: str, setup: View, jvp_cost: float) -> list[str]:
     cols = ["method", "family", "grid", "steps", "NFE", "JVPs", "NFE (compute)", key]
+    # a checkpoint study scored with several feature nets: the others as extra columns
+    others = sorted({m for r in rows for m in r.metrics if m.startswith("fd_") and m != key})
+    cols += others
     if setup.kind == "oracle":
         cols += ["high band var ratio", "mode TV", "CE gap", "MMD x1e3"]
     cols += ["seconds"]
@@ -155,6 +158,7 @@ def table(rows: list[Row], key: str, setup: View, jvp_cost: float) -> list[str]:
                 str(r.jvps),
                 f"{r.nfe_compute(jvp_cost):.1f}",
                 fmt(r.metrics[key]),
+                *(fmt(r.metrics.get(m, math.nan)) for m in others),
             ]
             if setup.kind == "oracle":
                 vals += [
