@@ -41,6 +41,7 @@ RENDERERS = {
     "recipe/mnist_pilot": "recipe",
     "recipe/mnist_final": "recipe",
     "recipe/fashion_final": "recipe",
+    "recipe/fashion_xpred": "recipe",
     "recipe/mnist_xpred": "recipe",
     "recipe/haze": "recipe_haze",
     "recipe/guidance": "recipe_guidance",
