@@ -222,24 +222,48 @@ def score_row(args, run_dir: str) -> dict:
     return out
 
 
-def fid_only(args, folder: Path, rows: dict) -> int:
-    """Inception FID of each scored row's saved samples (`--save-samples`) against the test
-    split, for rows without one: the GPU machine cannot hold the Inception file."""
+def row_samples(args, rec: dict):
+    """The row's best-sampler samples (uint8): the saved file (`--save-samples`), else drawn
+    again with the recorded sampler and `--sample-seed` at the recorded sample count; a redrawn
+    set must reproduce the recorded fd-lenet (the same samples), or this raises."""
     import numpy as np
     import torch
 
+    run_dir = Path(args.runs) / f"{rec['row']}_s{rec['seed']}"
+    path = run_dir / SAMPLES_FILE
+    if path.is_file():
+        with np.load(path) as f:
+            return torch.from_numpy(f["images"])
+    from difflab.api import load, sample
+
+    model = load(run_dir, device=args.device)
+    gen = sample(model, num=rec["num_samples"], sampler=rec["best_sampler"], steps=NFE,
+                 seed=args.sample_seed, batch_size=args.batch, progress=False)  # fmt: skip
+    again = lenet_scorer(args.dataset, args.device)(gen.samples)
+    if abs(again - rec["fd_lenet"]) > 1e-3 * rec["fd_lenet"]:
+        raise SystemExit(f"recipe.py: error: {run_dir}: redrawn samples give fd-lenet {again:.4f}, "
+                         f"the record {rec['fd_lenet']:.4f} (other seed or sampler?)")  # fmt: skip
+    from difflab.images import to_uint8_pixels
+
+    return to_uint8_pixels(gen.samples)
+
+
+def fid_only(args, folder: Path, rows: dict) -> int:
+    """Inception FID of each scored row's best-sampler samples (`row_samples`) against the test
+    split, for the `--rows` (in their order) without one, every `--shard`-th: the GPU machine
+    cannot hold the Inception file."""
     from difflab.eval.scores import feature_metrics
 
-    for key, rec in rows.items():
-        path = Path(args.runs) / f"{rec['row']}_s{rec['seed']}" / SAMPLES_FILE
-        if "fid" in rec or "fd_lenet" not in rec or not path.is_file():
-            continue
-        with np.load(path) as f:
-            images = torch.from_numpy(f["images"])
+    index, count = (int(x) for x in args.shard.split("/"))
+    order = {row: i for i, row in enumerate(parse_rows(args.rows))}
+    todo = sorted((key for key, rec in rows.items() if rec.get("row") in order
+                   and "fid" not in rec and "fd_lenet" in rec),
+                  key=lambda key: order[rows[key]["row"]])  # fmt: skip
+    for key in todo[index::count]:
+        images = row_samples(args, rows[key])
         fid = feature_metrics(images, ["fid"], dataset=args.dataset, device=args.device)["fid"]
-        rec = {**rec, "fid": fid, "fid_num": len(images)}
-        save_row(folder, key, rec)
-        print(f"{key}: fid={rec['fid']}", flush=True)
+        save_row(folder, key, {**rows[key], "fid": fid, "fid_num": len(images)})
+        print(f"{key}: fid={fid}", flush=True)
     write_report(folder, report_text(folder))
     return 0
 
@@ -508,6 +532,12 @@ def report_text(folder: str | Path) -> str:
             "train PFLOPs", "train s", "verdict", "machine"]  # fmt: skip
     has_fid = any("fid" in s for s in summary.values())
     if has_fid:
+        counts = sorted({r["fid_num"] for r in rows.values() if "fid_num" in r})
+        lines += [f"FID: Inception FID of the same best-sampler samples "
+                  f"({'/'.join(map(str, counts)) or setup.get('num')} per row) against the "
+                  f"{setup.get('dataset')} test split (`recipe.py --fid-only`); at this sample "
+                  "count it is biased upwards: compare rows, not other tables.", ""]  # fmt: skip
+    if has_fid:
         head.insert(4, "FID")
     table = []
     for group, names in GROUPS.items():
@@ -564,7 +594,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--fid-only",
         action="store_true",
-        help="add Inception FID of the saved samples, no training",
+        help="add Inception FID of the best sampler's samples (saved, or drawn again), no training",
     )
     p.add_argument("--report", metavar="FOLDER", help="only re-render FOLDER's README.md")
     p.add_argument("--final", metavar="RUN_DIR", help="score (and --export) a final-recipe run")

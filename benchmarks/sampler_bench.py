@@ -125,6 +125,7 @@ class Setup:
     description: str
     oracle: GaussianMixtureOracle | None = None
     device: torch.device = torch.device("cpu")  # where the denoiser runs (checkpoints only)
+    data_bound: float | None = None  # the data range [-b, b] a checkpoint clips x_hat to
 
 
 def oracle_setup(args) -> Setup:
@@ -205,9 +206,11 @@ def checkpoint_setup(args) -> Setup:
             f"checkpoint {args.denoiser[1]} ({cfg.model.name}, {cfg.diffusion.prediction}-"
             f"prediction, schedule {cfg.diffusion.schedule}), guidance {args.guidance}; "
             f"metrics {', '.join('fd_' + n for n in args.features)} vs MNIST {args.ref_split} "
-            f"statistics; device {device}"
+            f"statistics; device {device}; covariance samplers capped to the data range "
+            f"[-{make.clip_x}, {make.clip_x}]"
         ),
         device=device,
+        data_bound=make.clip_x,
     )
 
 
@@ -254,12 +257,14 @@ class Method:
         grid = (self.grid or DEFAULT_GRIDS.get(self.sampler, GridChoice())).build(
             setup.schedule, steps
         )
-        fn = get_sampler(self.sampler).fn
+        spec = get_sampler(self.sampler)
+        options = spec.with_data_bound(self.options, setup.data_bound)
         if self.hybrid_last_cov:
-            z = fn(denoise, z, grid[:-1], generator=gen, **self.options)
-            return sample_cov_ddim(denoise, z, grid[-2:], generator=gen, **COV_BEST)
-        with torch.inference_mode(mode=not get_sampler(self.sampler).jvps(steps)):
-            return fn(denoise, z, grid, generator=gen, **self.options)
+            z = spec.fn(denoise, z, grid[:-1], generator=gen, **options)
+            last = get_sampler("cov_ddim").with_data_bound(COV_BEST, setup.data_bound)
+            return sample_cov_ddim(denoise, z, grid[-2:], generator=gen, **last)
+        with torch.inference_mode(mode=not spec.jvps(steps)):
+            return spec.fn(denoise, z, grid, generator=gen, **options)
 
 
 COV_BEST: dict = {}
@@ -288,6 +293,9 @@ def difflab_methods(setup: Setup, table_levels: int) -> list[Method]:
         Method("addim", "difflab", "addim"),
         Method("addim_measured", "difflab", "addim", {"x_var": x_var}),
         Method("cov_ddim", "difflab", "cov_ddim"),
+        # without the data-range cap (before issue 16's trained-net fix): the Jacobian's error at
+        # high noise enters the first draw (docs/methods/cov_ddim.md, "Trained nets")
+        Method("cov_ddim_unbounded", "difflab", "cov_ddim", {"data_bound": None}),
         Method("cov_ddim_bands8", "difflab", "cov_ddim", {"pooling": "example", "num_bands": 8}),
         # the default before issue 16: one spectrum per level for the whole batch
         Method("cov_ddim_batch", "difflab", "cov_ddim", {"pooling": "batch", "num_bands": None}),

@@ -271,6 +271,7 @@ def sample(
         batch_size=batch_size,
         device=model.device,
         progress=progress,
+        data_bound=model.clip_x,
     )
 
 
@@ -380,7 +381,7 @@ def samples_record(model: LoadedModel, gen: Generation, **kwargs) -> dict[str, A
         "steps": steps,
         "grid": describe_grid(grid, sampler),
         "grid_logsnrs": [float(v) if math.isfinite(v) else str(float(v)) for v in levels],
-        "options": dict(kwargs.get("options") or {}),
+        "options": dict(gen.options),  # as used: with the model's data range, where it applies
         "guidance": kwargs.get("guidance", 0.0),
         "interval": None if interval is None else [float(v) for v in interval],
         "label": None if isinstance(kwargs.get("label"), Tensor) else kwargs.get("label"),
@@ -569,6 +570,7 @@ def evaluate(
         scorer.check_shape(model.shape, f"samples of {model.path}")
         gen = sample(model, num=num, sampler=sampler, steps=steps, grid=grid, **sample_kwargs)
         record.update(nfe=gen.nfe, jvps=gen.jvps, sampling_seconds=round(gen.seconds, 2))
+        record["options"] = dict(gen.options)  # with the model's data range, where used
         record.update(sample_cost(model, gen, sample_kwargs.get("guidance", 0.0)))
         start = time.perf_counter()
         record.update(scorer(gen.samples))

@@ -310,6 +310,20 @@ def run_cov(
     return z
 
 
+def bounded_trace(c: Tensor, x_hat: Tensor, data_bound: float) -> Tensor:
+    """The variance map `c` scaled down, per example, so that its trace is at most
+    `sum_i (b^2 - x_hat_i^2)`: for data in `[-b, b]` each pixel's posterior variance is at most
+    `(b - m)(b + m)` around its posterior mean `m` (the Bhatia-Davis inequality), so the exact
+    `Cov[x | z]` obeys this bound whatever the data; a trained net's Jacobian need not, and at
+    high noise its errors are amplified by `sigma^2 / alpha` (docs/methods/cov_ddim.md, "Trained
+    nets: the Jacobian at high noise"). The DCT is orthonormal: the trace is the same in both
+    bases. `c` `[B or 1, C, H, W]` -> `[B, C, H, W]`."""
+    budget = (data_bound**2 - x_hat.square()).clamp_min(0).flatten(1).sum(1)
+    total = c.expand(x_hat.shape).flatten(1).sum(1)
+    scale = torch.where(total > budget, budget / total.clamp_min(torch.finfo(c.dtype).tiny), 1.0)
+    return c * scale.view(-1, *(1,) * (x_hat.ndim - 1))
+
+
 def tweedie_estimator(
     denoise: Denoise,
     z: Tensor,
@@ -319,13 +333,17 @@ def tweedie_estimator(
     num_bands: int | None,
     probe: str = "rademacher",
     prior_var: float | Tensor | None = None,
+    data_bound: float | None = None,
     draw: str = "diagonal",
     generator: torch.Generator | None,
 ) -> tuple[BandBasis, Estimate]:
     """Validate the JVP options (on a prepared grid) and return the basis and the estimator:
-    one forward+JVP, Hutchinson products pooled per `pooling`, clipped to `[0, prior_var]`;
-    `draw="jvp"` also returns the probe's rescaled response as the posterior noise
-    (`response_noise`), `"diagonal"` leaves the draw to independent Gaussian coefficients."""
+    one forward+JVP, Hutchinson products pooled per `pooling`, clipped to `[0, prior_var]` and,
+    with `data_bound`, to the trace the data range allows (`bounded_trace`); `draw="jvp"` also
+    returns the probe's rescaled response as the posterior noise (`response_noise`),
+    `"diagonal"` leaves the draw to independent Gaussian coefficients."""
+    if data_bound is not None and not data_bound > 0:
+        raise ValueError(f"data_bound must be positive or None, got {data_bound!r}")
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     if draw not in DRAWS:
@@ -343,6 +361,7 @@ def tweedie_estimator(
         x_hat, response = tweedie_response(denoise, z, l_t, basis, u)
         c = pooled_covariance(u * response, u, basis, pooling).clamp_min(0)
         c = c if upper is None else torch.minimum(c, upper)
+        c = c if data_bound is None else bounded_trace(c, x_hat, data_bound)
         if draw == "diagonal":
             return x_hat, c
         return x_hat, c, response_noise(response, c, basis)
@@ -381,6 +400,7 @@ def sample_cov_ddim(
     num_bands: int | None = 8,
     probe: str = "rademacher",
     prior_var: float | Tensor | None = None,
+    data_bound: float | None = None,
     draw: str = "jvp",
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
@@ -392,11 +412,14 @@ def sample_cov_ddim(
     estimated per coefficient and averaged per `pooling` ("batch" | "example" | "profile", see
     `pooled_covariance`) over `num_bands` radial bands (None: no band averaging) and over
     channels; `probe`: "rademacher" | "gaussian"; `prior_var`: upper clip (float or
-    broadcastable per-coefficient tensor; None: none). `draw`: the stochastic posterior draw,
-    "jvp" (the probe's Jacobian response rescaled per band to the estimated variance: the
-    posterior's own directions, no noise where it is certain; `response_noise`) or "diagonal"
-    (independent Gaussian DCT coefficients, the default before issue 16: it turns the
-    between-mode and spatially local parts of the covariance into stationary noise; docs/
+    broadcastable per-coefficient tensor; None: none); `data_bound`: the data lie in `[-b, b]`,
+    so the estimated trace is capped at `sum_i (b^2 - x_hat_i^2)` (`bounded_trace`; None: no
+    cap; `difflab.api.sample` passes the model's `clip_x`, 1 for the shipped models: without it
+    the Jacobian's errors at high noise ruin samples of trained nets). `draw`: the stochastic
+    posterior draw, "jvp" (the probe's Jacobian response rescaled per band to the estimated
+    variance: the posterior's own directions, no noise where it is certain; `response_noise`)
+    or "diagonal" (independent Gaussian DCT coefficients, the default before issue 16: it turns
+    the between-mode and spatially local parts of the covariance into stationary noise; docs/
     methods/cov_ddim.md, "The shape of the draw"). Defaults: measured on the exact
     oracles (results/samplers/notes.md): "profile" pooling with 8 bands (per-example band
     levels, so examples of narrow and broad modes each get their own scale: docs/methods/
@@ -408,7 +431,7 @@ def sample_cov_ddim(
     grid = prepare_grid(z, logsnrs)
     basis, estimate = tweedie_estimator(
         denoise, z, grid, pooling=pooling, num_bands=num_bands, probe=probe,
-        prior_var=prior_var, draw=draw, generator=generator,
+        prior_var=prior_var, data_bound=data_bound, draw=draw, generator=generator,
     )  # fmt: skip
     return run_cov(denoise, z, grid, estimate, basis, variant, final, generator, callback)
 
@@ -452,6 +475,7 @@ def calibrate_posterior_spectrum(
     logsnrs: Tensor,
     *,
     num: int = 256,
+    data_bound: float | None = None,
     generator: torch.Generator | None = None,
     device=None,
     dtype: torch.dtype = torch.float32,
@@ -461,7 +485,9 @@ def calibrate_posterior_spectrum(
     spectrum it estimates at each level (one forward+JVP per level) is the table. On the true
     marginal its expectation is `E_z Cov[x | z]`, what `measure_posterior_spectrum` measures on
     data; here `z` comes from the sampler's own trajectory. Cost: `len(logsnrs)` JVPs on `num`
-    examples, once per model (cache the table: `VarianceTable(logsnrs, values)`)."""
+    examples, once per model (cache the table: `VarianceTable(logsnrs, values)`). `data_bound`:
+    each example's estimate capped to the trace the data range allows (`bounded_trace`) before
+    the average; use it for a trained net (`cov_ddim`'s option of the same name)."""
     logsnrs = torch.as_tensor(logsnrs, dtype=torch.float64)
     if logsnrs.ndim != 1 or not torch.isfinite(logsnrs).all() or logsnrs.shape[0] < 2:
         raise ValueError("logsnrs must be at least 2 finite increasing levels [n]")
@@ -470,12 +496,19 @@ def calibrate_posterior_spectrum(
     z = torch.randn((num, *shape), generator=generator, device=device, dtype=dtype)
     grid = prepare_grid(z, torch.cat([logsnrs, torch.tensor([torch.inf], dtype=torch.float64)]))
     basis, estimate = tweedie_estimator(
-        denoise, z, grid, pooling="batch", num_bands=None, generator=generator
+        denoise,
+        z,
+        grid,
+        pooling="batch",
+        num_bands=None,
+        data_bound=data_bound,
+        generator=generator,
     )
     values = []
     for i in range(logsnrs.shape[0]):
         x_hat, c = estimate(z, grid[i])
-        values.append(c[0, ..., :1, :, :].detach().double().cpu())  # channels are pooled
+        # one map for the batch, or one per example when capped: their mean; channels are pooled
+        values.append(c.mean(0)[..., :1, :, :].detach().double().cpu())
         noise = torch.randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         z = cov_ddim_step(z, x_hat, c, grid[i], grid[i + 1], basis, "stochastic", noise).detach()
     return VarianceTable(logsnrs, torch.stack(values))

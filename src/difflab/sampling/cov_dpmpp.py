@@ -108,20 +108,27 @@ def sample_cov_dpmpp_2m(
     eta: float = 0.0,
     pooling: str = "batch",
     num_bands: int | None = None,
+    data_bound: float | None = None,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
     """Covariance-aware DPM-Solver++(2M), covariance from one forward+JVP per step. NFE = steps.
 
-    `variant`, `final` ("stochastic" | "deterministic" | "mean"; None: the variant), `pooling`
-    and `num_bands` as in `cov_ddim`; `order2_weight` in [0, 1] scales the correction on
-    second-order steps (eq. M4; 0 skips their JVPs); `eta` in [0, 1]: DDIM(eta) white noise
-    (1: SDE-DPM-Solver++(2M)). With a zero covariance it is `dpmpp_2m`.
+    `variant`, `final` ("stochastic" | "deterministic" | "mean"; None: the variant), `pooling`,
+    `num_bands` and `data_bound` as in `cov_ddim`; `order2_weight` in [0, 1] scales the
+    correction on second-order steps (eq. M4; 0 skips their JVPs); `eta` in [0, 1]: DDIM(eta)
+    white noise (1: SDE-DPM-Solver++(2M)). With a zero covariance it is `dpmpp_2m`.
     """
 
     def estimator(grid: Tensor):
         return tweedie_estimator(
-            denoise, z, grid, pooling=pooling, num_bands=num_bands, generator=generator
+            denoise,
+            z,
+            grid,
+            pooling=pooling,
+            num_bands=num_bands,
+            data_bound=data_bound,
+            generator=generator,
         )
 
     rules = (variant, final, order2_weight, eta)

@@ -53,6 +53,7 @@ def generate(
     batch_size: int = 256,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    data_bound: float | None = None,
 ) -> Generation:
     """Draw `num` samples of `shape` with `sampler` and its `options` over `steps` steps of
     `grid` (`"default"`: the sampler's measured default, `DEFAULT_GRIDS`; a family name; or an
@@ -61,6 +62,9 @@ def generate(
     `make_denoise(labels=None | Tensor)` returns the `Denoise` for a batch (labels bound in);
     with `guidance != 0` the unconditional denoiser (`labels=None`) is combined by CFG within
     `interval`, which doubles the network evaluations per step (counted in `nfe` and `jvps`).
+    `data_bound`: the data lie in `[-b, b]` (a model's `clip_x`): samplers with a `data_bound`
+    option get it unless `options` sets it (recorded in `Generation.options`), and the samples
+    are clipped to the range (a last stochastic draw, e.g. aDDIM's or `cov_ddim`'s, can leave it).
     Unknown option names, `num < 1`, `steps < 1` and `batch_size < 1` are ValueErrors naming
     them; non-finite samples a `FloatingPointError` naming the sampler.
     """
@@ -74,6 +78,7 @@ def generate(
     spec = get_sampler(sampler)
     options = dict(options or {})
     spec.check_options(options)
+    options = spec.with_data_bound(options, data_bound)
     logsnrs = resolve_grid(grid, sampler, schedule, steps)
     nfe, jvps = spec.calls(logsnrs, **options)
     passes = 2 if guidance != 0 else 1  # the guided denoiser calls both nets every time
@@ -94,6 +99,8 @@ def generate(
         z = torch.randn(n, *shape, generator=gen).to(device)
         with torch.inference_mode(mode=not jvps):
             x = spec.fn(denoise, z, logsnrs, generator=step_gen, **options)
+        if data_bound is not None:
+            x = x.clamp(-data_bound, data_bound)
         out.append(x.float().cpu())
         bar.update(n)
     bar.close()

@@ -73,6 +73,15 @@ class SamplerSpec:
                 f"{list(self.options) or 'none'}"
             )
 
+    def with_data_bound(self, options: Mapping[str, Any], data_bound: float | None) -> dict:
+        """`options` with `data_bound` (the data lie in `[-b, b]`) filled in for a sampler that
+        takes it (the covariance-aware samplers' trace cap, `cov_ddim.bounded_trace`), unless
+        `options` sets it or `data_bound` is None."""
+        options = dict(options)
+        if data_bound is not None and "data_bound" in self.options:
+            options.setdefault("data_bound", data_bound)
+        return options
+
     def calls(self, logsnrs: Tensor, **options) -> tuple[int, int]:
         """`(nfe, jvps)` per sample on the grid `logsnrs` with the sampler's `options`."""
         steps = logsnrs.shape[0] - 1
