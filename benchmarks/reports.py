@@ -52,6 +52,7 @@ RENDERERS = {
     "discrete/dmmd_text": "discrete_dmmd_text",
     "rolling": "rolling_report",
     "discrete": "discrete_oracle",
+    "tweedie_trained": "tweedie_trained",
 }
 """Study folder (under `results/`) -> the module whose `report_text(folder)` renders it."""
 
