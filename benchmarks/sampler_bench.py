@@ -597,11 +597,12 @@ def open_setup(args) -> Setup:
     return setup
 
 
-def store(args, part: dict) -> None:
+def store(args, part: dict, *, partial: bool = False) -> None:
     """Put this script's keys into the study's `results.json` (a None value removes the key;
-    its command replaces the
-    earlier one of the same script, its wall time is kept by script), record the run in
-    `manifest.json` and re-render the report."""
+    its command replaces the earlier one of the same script, its wall time is kept by script),
+    record the run in `manifest.json` and re-render the report. `partial` (a run of some
+    methods, `--methods`): its `rows` replace only the stored rows of the same method and NFE,
+    and its command and wall time add to the script's earlier ones."""
     folder = study_folder(args.out)
     script = args.command.split()[1]
     seconds = time.time() - args.started
@@ -610,9 +611,15 @@ def store(args, part: dict) -> None:
         earlier = stored.get("seconds", {})
         if not isinstance(earlier, dict):  # one number: a run before the study was split
             earlier = {"earlier runs": earlier}
-        commands = [c for c in stored.get("commands", []) if c.split()[1] != script]
+        commands = [c for c in stored.get("commands", [])
+                    if c != args.command and (partial or c.split()[1] != script)]  # fmt: skip
+        spent = seconds + (earlier.get(script, 0.0) if partial else 0.0)
         merged = {**stored, **mine, "commands": [*commands, args.command],
-                  "seconds": {**earlier, script: seconds}}  # fmt: skip
+                  "seconds": {**earlier, script: spent}}  # fmt: skip
+        if partial and "rows" in mine:
+            new = {(r["method"], r["nfe_target"]) for r in mine["rows"]}
+            kept = [r for r in stored.get("rows", []) if (r["method"], r["nfe_target"]) not in new]
+            merged["rows"] = kept + mine["rows"]
         return {k: v for k, v in merged.items() if v is not None}  # None: drop a stale key
 
     locked_update(folder / RAW, part, merge)

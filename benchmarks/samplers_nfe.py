@@ -155,7 +155,7 @@ def main(argv=None) -> int:
             rows, key, "cov_ddim_table"
         )
     part["rows"] = [r.__dict__ for r in rows]
-    store(args, part)
+    store(args, part, partial=bool(args.methods))  # --methods adds to the stored rows
     return 0
 
 
