@@ -627,7 +627,9 @@ def main(argv: list[str] | None = None) -> int:
         "gpu" if args.device.startswith("cuda") else "cpu"
     )
     if args.fid_only:
-        return fid_only(args, folder, data.get("rows", {}))
+        code = fid_only(args, folder, data.get("rows", {}))
+        record_run(folder, command_line(argv, "recipe.py"), args.device)
+        return code
     if args.best_elbo:
         return add_best_level_elbo(args, *args.best_elbo, command_line(argv, "recipe.py"))
     if args.final:

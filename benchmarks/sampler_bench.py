@@ -155,15 +155,25 @@ def oracle_setup(args) -> Setup:
 
 
 def checkpoint_setup(args) -> Setup:
-    from difflab.data.mnist import load_mnist
+    """A trained model, scored against the test (`--ref-split`) statistics of the data set it
+    was trained on (MNIST or Fashion-MNIST; `--features` names the feature nets, e.g.
+    `fd-lenet-fashion` for the Fashion LeNet); its training images feed the measured tables."""
+    from difflab.data.datasets import uint8_to_unit
     from difflab.devices import resolve_device
     from difflab.eval.features import get_feature_extractor
     from difflab.eval.metrics import feature_stats, frechet_distance
-    from difflab.eval.reference import compute_reference_stats, load_reference_stats
+    from difflab.eval.reference import (
+        check_dataset,
+        compute_reference_stats,
+        load_reference_stats,
+        reference_images,
+    )
     from difflab.train import load_denoiser
 
     device = resolve_device(args.device)
     make, cfg = load_denoiser(args.denoiser[1], device=str(device))
+    dataset = cfg.data.name
+    check_dataset(dataset)
     net = make.net
     num_classes = net.config.num_classes
     shape = (net.config.in_channels, net.config.resolution, net.config.resolution)
@@ -178,10 +188,10 @@ def checkpoint_setup(args) -> Setup:
     refs = {}
     for name, ex in extractors.items():
         try:
-            refs[name] = load_reference_stats("mnist", args.ref_split, ex)
+            refs[name] = load_reference_stats(dataset, args.ref_split, ex)
         except FileNotFoundError:
-            compute_reference_stats("mnist", args.ref_split, name)
-            refs[name] = load_reference_stats("mnist", args.ref_split, ex)
+            compute_reference_stats(dataset, args.ref_split, name)
+            refs[name] = load_reference_stats(dataset, args.ref_split, ex)
 
     def evaluate(x: Tensor) -> dict:
         images = x.clamp(-1, 1).float()
@@ -191,8 +201,7 @@ def checkpoint_setup(args) -> Setup:
             out[f"fd_{name}"] = frechet_distance(feats, refs[name])
         return out
 
-    images, _ = load_mnist("train")
-    data = torch.from_numpy(images[: args.table_num]).float()[:, None].to(device) / 127.5 - 1
+    data = uint8_to_unit(reference_images(dataset, "train", args.table_num)).float().to(device)
     return Setup(
         kind="checkpoint",
         make_denoise=make_denoise,
@@ -205,7 +214,7 @@ def checkpoint_setup(args) -> Setup:
         description=(
             f"checkpoint {args.denoiser[1]} ({cfg.model.name}, {cfg.diffusion.prediction}-"
             f"prediction, schedule {cfg.diffusion.schedule}), guidance {args.guidance}; "
-            f"metrics {', '.join('fd_' + n for n in args.features)} vs MNIST {args.ref_split} "
+            f"metrics {', '.join('fd_' + n for n in args.features)} vs {dataset} {args.ref_split} "
             f"statistics; device {device}; covariance samplers capped to the data range "
             f"[-{make.clip_x}, {make.clip_x}]"
         ),

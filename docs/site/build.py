@@ -124,13 +124,17 @@ def stage_pages(stage: Path = STAGE) -> list:
         if (stage / "results" / "README.md").exists()
         else []
     )
+
+    def with_notes(report: Path) -> list[str]:  # a study's report, then its other pages
+        extra = sorted(p for p in report.parent.rglob("*.md") if p != report)
+        return [page(report), *map(page, extra)]
+
     for study in studies:
-        extra = sorted(p for p in study.parent.rglob("*.md") if p != study)
-        results_nav.append((study.parent.name, [page(study), *map(page, extra)]))
+        results_nav.append((study.parent.name, with_notes(study)))
     nested = sorted(p for p in (stage / "results").glob("*/*/README.md"))
     for p in nested:
         if not (p.parent.parent / "README.md").exists():
-            results_nav.append((p.parent.relative_to(stage / "results").as_posix(), [page(p)]))
+            results_nav.append((p.parent.relative_to(stage / "results").as_posix(), with_notes(p)))
     return [
         ("Home", "README.md"),
         ("Documentation", [("Overview", "docs/README.md"), *map(page, top)]),
