@@ -23,6 +23,7 @@ RENDERERS = {
     "samplers_mnist": "samplers_report",
     "samplers_mnist_v3": "samplers_report",
     "samplers_mnist_v3_nfe": "samplers_report",
+    "samplers_fashion": "samplers_report",
     "diffusers_model": "diffusers_model_samplers",
     "cov_ddim_mnist": "cov_ddim_mnist",
     "distill": "distill_reports",
