@@ -537,7 +537,6 @@ def report_text(folder: str | Path) -> str:
                   f"({'/'.join(map(str, counts)) or setup.get('num')} per row) against the "
                   f"{setup.get('dataset')} test split (`recipe.py --fid-only`); at this sample "
                   "count it is biased upwards: compare rows, not other tables.", ""]  # fmt: skip
-    if has_fid:
         head.insert(4, "FID")
     table = []
     for group, names in GROUPS.items():

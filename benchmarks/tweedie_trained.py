@@ -83,15 +83,14 @@ def measure_level(denoise, x, black, level: float, generator) -> dict:
     }
 
 
-def measure_model(path: str, dataset: str, num: int, levels, batch: int, seed: int) -> list[dict]:
-    """Per level, the module docstring's quantities on the first `num` test images."""
+def measure_model(model, dataset: str, num: int, levels, batch: int, seed: int) -> list[dict]:
+    """Per level, the module docstring's quantities on the first `num` test images (`model`: a
+    `difflab.api.LoadedModel`)."""
     import torch
 
-    from difflab.api import load
     from difflab.data.datasets import uint8_to_unit
     from difflab.eval.reference import reference_images
 
-    model = load(path)
     denoise = model.denoiser()
     pixels = reference_images(dataset, "test", num)
     x, black = uint8_to_unit(pixels).to(torch.float32), pixels == 0
@@ -105,7 +104,7 @@ def measure_model(path: str, dataset: str, num: int, levels, batch: int, seed: i
         rec = {k: sum(p[k] for p in parts) / len(parts) for k in parts[0]}
         rec["ratio"] = rec["tweedie"] / rec["mse"]
         rows.append(rec)
-        print(f"{path} l={level:+.0f}: " + ", ".join(f"{k}={rec[k]:.4g}" for k in COLUMNS),
+        print(f"{model.path} l={level:+.0f}: " + ", ".join(f"{k}={rec[k]:.4g}" for k in COLUMNS),
               flush=True)  # fmt: skip
     return rows
 
@@ -182,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
         model = load(path)
         dataset = args.dataset or model.config.data.name
         start = time.perf_counter()
-        rows = measure_model(path, dataset, args.num, args.levels, args.batch, args.seed)
+        rows = measure_model(model, dataset, args.num, args.levels, args.batch, args.seed)
         rec = {
             "path": path,
             "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
