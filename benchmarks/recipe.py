@@ -82,9 +82,15 @@ GROUPS: dict[str, dict[str, list[str]]] = {
             "train.steps=560",
         ],
     },
+    # with the warm-up a decay is in force only after `EMA.warmup_length(d)` updates (890 for
+    # 0.99): in a 1200-step pilot every decay above 0.9926 is the base's average bit for bit, so
+    # the rows that can differ are the faster decays, the raw weights and no warm-up
     "ema": {
+        "ema0.9": ["optim.ema_decays=[0.9]"],
+        "ema0.98": ["optim.ema_decays=[0.98]"],
         "ema0.99": ["optim.ema_decays=[0.99]"],
         "ema0.9999": ["optim.ema_decays=[0.9999]"],
+        "ema-none": [],
         "ema-no-warmup": ["optim.ema_warmup=false"],
     },
 }
@@ -93,6 +99,17 @@ ROWS = {name: overrides for group in GROUPS.values() for name, overrides in grou
 GROUP_OF = {name: group for group, rows in GROUPS.items() for name in rows}
 BASE_ROW = "sig-2"
 """The row equal to the base config (the shipped model's recipe: sigmoid, bias -2)."""
+RAW_WEIGHTS_ROW = "ema-none"
+"""The row that scores the base row's own runs without an average (their raw weights): no
+training of its own, so it costs only its scoring."""
+
+
+def row_weights(row: str) -> tuple[str, bool]:
+    """`(the row whose run holds the weights, ema)`: `RAW_WEIGHTS_ROW` reads the base row's run
+    with `ema=False`, every other row its own run's first EMA."""
+    return (BASE_ROW, False) if row == RAW_WEIGHTS_ROW else (row, True)
+
+
 SAMPLERS = ("ddim", "ddpm", "dpmpp_2m")
 NFE = 32
 SAMPLES_FILE = "recipe_samples.npz"
@@ -145,8 +162,9 @@ def row_config(args, row: str, seed: int):
     """The row's `TrainConfig`: base config + row overrides + seed/out_dir (+ `--set`)."""
     from difflab.config import load_config
 
-    out_dir = Path(args.runs) / f"{row}_s{seed}"
-    overrides = [*ROWS[row], f"train.seed={seed}", f"train.out_dir={out_dir}", *args.set]
+    source = row_weights(row)[0]  # the raw-weights row trains (or finds) the base row's run
+    out_dir = Path(args.runs) / f"{source}_s{seed}"
+    overrides = [*ROWS[source], f"train.seed={seed}", f"train.out_dir={out_dir}", *args.set]
     return load_config(args.config, overrides)
 
 
@@ -180,14 +198,15 @@ def train_row(args, row: str, seed: int) -> dict:
     }
 
 
-def score_row(args, run_dir: str) -> dict:
+def score_row(args, run_dir: str, ema: bool = True) -> dict:
     """fd-lenet of `--num` samples at 32 NFE for each sampler in `--samplers` (same seed), the
-    haze share and ELBO of the best sampler, optionally its Inception FID."""
+    haze share and ELBO of the best sampler, optionally its Inception FID; `ema` False scores
+    the raw weights."""
     from difflab.api import load, model_elbo, sample
     from difflab.eval.image_stats import haze_share
 
     start = time.perf_counter()
-    model = load(run_dir, device=args.device)
+    model = load(run_dir, ema=ema, device=args.device)
     fd = lenet_scorer(args.dataset, args.device)
     fds, samples = {}, {}
     for name in args.samplers:
@@ -198,7 +217,7 @@ def score_row(args, run_dir: str) -> dict:
         fds[name] = fd(gen.samples)
         samples[name] = gen.samples
     best = min(fds, key=fds.get)
-    if args.save_samples:  # uint8, for Inception FID scored elsewhere (`--fid-only`)
+    if args.save_samples and ema:  # uint8, for Inception FID elsewhere (`--fid-only`)
         import numpy as np
 
         from difflab.images import to_uint8_pixels
@@ -229,14 +248,15 @@ def row_samples(args, rec: dict):
     import numpy as np
     import torch
 
-    run_dir = Path(args.runs) / f"{rec['row']}_s{rec['seed']}"
+    source, ema = row_weights(rec["row"])
+    run_dir = Path(args.runs) / f"{source}_s{rec['seed']}"
     path = run_dir / SAMPLES_FILE
-    if path.is_file():
+    if path.is_file() and ema:  # the file holds the EMA's samples
         with np.load(path) as f:
             return torch.from_numpy(f["images"])
     from difflab.api import load, sample
 
-    model = load(run_dir, device=args.device)
+    model = load(run_dir, ema=ema, device=args.device)
     gen = sample(model, num=rec["num_samples"], sampler=rec["best_sampler"], steps=NFE,
                  seed=args.sample_seed, batch_size=args.batch, progress=False)  # fmt: skip
     again = lenet_scorer(args.dataset, args.device)(gen.samples)
@@ -441,6 +461,39 @@ def verdict(row: str, summary: dict) -> str:
     return "better" if mine[0] < base[0] else "worse"
 
 
+def ema_note(setup: dict, summary: dict) -> list[str]:
+    """What the EMA rows average: under the warm-up a decay is in force only for the updates
+    after `EMA.warmup_length(d)`, so in a short run every slower decay is the same average."""
+    from difflab.config import load_config
+    from difflab.train.ema import EMA
+
+    rows = [row for row in GROUPS["ema"] if row in summary]
+    if not rows or not setup.get("config"):
+        return []
+    cfg = load_config(setup["config"])
+    steps, parts, same = cfg.train.steps, [], []
+    for row in [BASE_ROW, *rows]:
+        given = [o.split("=", 1)[1] for o in ROWS[row] if o.startswith("optim.ema_decays=")]
+        decay = float(given[0].strip("[]")) if given else cfg.optim.ema_decays[0]
+        if row == RAW_WEIGHTS_ROW:
+            parts.append(f"`{row}` scores the base runs' raw weights (no average)")
+        elif "optim.ema_warmup=false" in ROWS[row]:
+            parts.append(f"`{row}` averages with {decay:g} from the first update")
+        else:
+            in_force = max(0, steps - EMA.warmup_length(decay))
+            parts.append(f"`{row}` ({decay:g}): in force for the last {in_force} of {steps}")
+            if in_force == 0 and row != BASE_ROW:
+                same.append(f"`{row}`")
+    text = ("EMA rows: with the warm-up (`min(d, (1 + n) / (10 + n))`, docs/methods/recipe.md) "
+            "a decay is used only from update `EMA.warmup_length(d)` on. " + "; ".join(parts)
+            + ".")  # fmt: skip
+    if same:
+        text += (f" So {', '.join(same)} average{'s' if len(same) == 1 else ''} exactly the "
+                 f"weights of `{BASE_ROW}` (seed 0: the same samples and scores): a tie by "
+                 "construction, not a measurement of the decay.")  # fmt: skip
+    return ["", text]
+
+
 def final_section(final: dict | None) -> list[str]:
     """The final model's table: fd-lenet / haze (/ FID) by sampler and NFE, the real floor."""
     if not final:
@@ -553,8 +606,11 @@ def report_text(folder: str | Path) -> str:
                 line.insert(4, cell(s.get("fid")))
             table.append(line)
     lines += markdown_table(head, table) if table else ["No row scored yet."]
+    lines += ema_note(setup, summary)
     lines += ["", "Overrides per row:", ""]
-    lines += [f"- `{row}`: `{' '.join(ROWS[row])}`" for row in ROWS if row in summary]
+    lines += [f"- `{row}`: `{' '.join(ROWS[row])}`" if row != RAW_WEIGHTS_ROW else
+              f"- `{row}`: none (the `{BASE_ROW}` runs, scored with `ema=False`)"
+              for row in ROWS if row in summary]  # fmt: skip
     lines += final_section(data.get("final"))
     missing = [row for row in setup.get("planned", []) if row not in summary]
     if missing:
@@ -664,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
         rec = {"row": row, "group": GROUP_OF[row], "seed": seed, "machine": label,
                "overrides": ROWS[row], **train_row(args, row, seed)}  # fmt: skip
         if not args.train_only:
-            rec.update(score_row(args, rec["run_dir"]))
+            rec.update(score_row(args, rec["run_dir"], ema=row_weights(row)[1]))
         save_row(folder, key, rec)
         write_report(folder, report_text(folder))
         shown = ("fd_lenet", "best_sampler", "haze", "elbo_bits_per_dim", "train_seconds")

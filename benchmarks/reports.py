@@ -34,6 +34,7 @@ RENDERERS = {
     "distill/emd_oracle": "distill_reports",
     "distill/emd_oracle_seed1": "distill_reports",
     "distill_mnist": "distill_reports",
+    "distill_mnist_v3": "distill_reports",
     "mnist_10k": "mnist_10k_report",
     "mnist_fid": "mnist_fid",
     "mnist_model": "mnist_model",

@@ -436,17 +436,35 @@ def render(report: dict) -> str:
         lines += markdown_table(header, cells)
     lines += mode_ablation_section(report.get("mode_ablation") or {})
     lines += oracles_section(report.get("oracles") or {})
+    lines += oracles_section(report.get("oracles_large") or {}, "at the target's NFE, many samples")
+    lines += first_steps_section(report.get("first_steps") or {})
+    lines += skew_section(report.get("skew") or {}, report.get("oracles_large") or {})
     if ov := report.get("overhead"):
         lines += overhead_table(ov)
     return "\n".join(lines) + "\n"
 
 
+def seed_spread(m: dict, key: str) -> float | None:
+    """The standard deviation over seeds of `m[key]` (None: one seed)."""
+    values = m.get("per_seed", {}).get(key)
+    if not values or len(values) < 2:
+        return None
+    mean = sum(values) / len(values)
+    return math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
 def distribution_cells(m: dict, floor: dict) -> list[str]:
-    """Frechet distance (and its excess over exact samples), mode TV, CE gap, MMD."""
+    """Frechet distance (and its excess over exact samples), mode TV, CE gap, MMD; the mean
+    over seeds with the seeds' standard deviation where there are several."""
+
+    def spread(key: str, cell: str, digits: str) -> str:
+        sd = seed_spread(m, key)
+        return cell if sd is None else f"{cell} ± {sd:{digits}}"
+
     return [
-        fmt(m["frechet_exact"]),
+        spread("frechet_exact", fmt(m["frechet_exact"]), ".2g"),
         fmt(m["frechet_exact"] - floor["frechet_exact"]),
-        f"{m['mode_weight_tv']:.3f}",
+        spread("mode_weight_tv", f"{m['mode_weight_tv']:.4f}", ".4f"),
         f"{m.get('cross_entropy_gap', math.nan):+.2f}",
         f"{1e3 * m.get('mmd', math.nan):.2f}",
     ]
@@ -469,16 +487,23 @@ def mode_ablation_section(ablation: dict) -> list[str]:
     return lines
 
 
-def oracles_section(oracles: dict) -> list[str]:
+def oracles_section(oracles: dict, subtitle: str | None = None) -> list[str]:
     """Transfer of the defaults: cov_ddim against each peer on its best grid, per oracle."""
     if not oracles:
         return []
-    lines = ["", "## Defaults on other oracles", "",
+    first = next(iter(oracles.values()))
+    num, seeds = first.get("num", 2000), first.get("seeds", 1)
+    sampled = (f"{num} samples from the same noise" if seeds == 1 else
+               f"{num} samples per seed, {seeds} seeds (independent noises; means, with the "
+               "seeds' standard deviation after ±)")  # fmt: skip
+    title = "Defaults on other oracles" + (f": {subtitle}" if subtitle else "")
+    lines = ["", f"## {title}", "",
              "`benchmarks/samplers_oracles.py`: each named oracle (`GaussianMixtureOracle.named`; "
-             "`held_out` was looked at only after the defaults were chosen), 2000 samples from "
-             "the same noise; peers (DPM-Solver++(2M), UniPC, aDDIM, Heun) on the grid of the six "
-             "that gives them the lowest Frechet distance. FD - floor: the Frechet distance "
-             "minus that of exact samples of the same size.", ""]  # fmt: skip
+             f"`held_out` was looked at only after the defaults were chosen), {sampled}; peers "
+             "(DPM-Solver++(2M), UniPC, aDDIM, Heun) on the grid of the six that gives them the "
+             "lowest Frechet distance. FD - floor: the Frechet distance minus that of exact "
+             "samples of the same size; the mode TV of exact samples is its floor at this size.",
+             ""]  # fmt: skip
     for name, o in oracles.items():
         floor = o["exact"]
         nfes = sorted({r["steps"] for r in o["rows"] if r["sampler"] != "heun"})
@@ -499,6 +524,54 @@ def oracles_section(oracles: dict) -> list[str]:
         lines += markdown_table(["method", "NFE", *DIST_COLS], cells)
         lines += ["", *[f"- {t}" for t in oracle_targets(o)]]
     return lines
+
+
+def first_steps_section(oracles: dict) -> list[str]:
+    """`cov_ddim` with its first steps replaced by exact posterior draws or by DDIM."""
+    if not oracles:
+        return []
+    first = next(iter(oracles.values()))[0]
+    lines = ["", "## Where the mode error is made", "",
+             "`benchmarks/samplers_oracles.py --first-steps`: `cov_ddim` (defaults) with its "
+             "first k steps of the default grid taken by exact posterior draws (the oracle's "
+             "mixture posterior: exact at any step size) or by DDIM; every step exact is the "
+             f"check that the loop itself is exact. {first['num_samples']} samples, one noise; "
+             "the exact samples' mode TV is in the table above.", ""]  # fmt: skip
+    for name, rows in oracles.items():
+        cells = [[r["nfe"], f"{r['steps']} by {r['first']}" if r["steps"] else "none",
+                  f"{r['last_level']:.2f}", fmt(r["frechet_exact"]), f"{r['mode_weight_tv']:.4f}",
+                  f"{r.get('cross_entropy_gap', math.nan):+.2f}"] for r in rows]  # fmt: skip
+        lines += ["", f"### `{name}`", ""]
+        lines += markdown_table(["NFE", "first steps", "then from logsnr", "FD", "mode TV",
+                                 "CE gap"], cells)  # fmt: skip
+    return lines
+
+
+def skew_section(oracles: dict, large: dict) -> list[str]:
+    """`cov_ddim` with and without the skewed draw, per oracle and NFE (means over seeds)."""
+    if not oracles:
+        return []
+    first = next(iter(oracles.values()))[0]
+    seeds = len(first.get("per_seed", {}).get("frechet_exact", [0]))
+    lines = ["", "## The skewed draw", "",
+             "`benchmarks/samplers_oracles.py --skew`: `cov_ddim` (defaults) against "
+             "`cov_ddim(skew=True)` (the JVP-response draw given the posterior's skewness along "
+             "itself, one more forward-over-forward JVP per step), "
+             f"{first['num_samples']} samples per seed, {seeds} seed(s), the same noises; exact "
+             "samples' mode TV from the table at the target's NFE where it ran. Seconds: "
+             "sampling wall time per seed on this machine.", ""]  # fmt: skip
+    cells = []
+    for name, rows in oracles.items():
+        floor = large.get(name, {}).get("exact", {}).get("mode_weight_tv")
+        for r in rows:
+            cells.append([f"`{name}`", r["nfe"], "skewed" if r["skew"] else "default",
+                          *distribution_cells(r, {"frechet_exact": 0.0})[:1],
+                          distribution_cells(r, {"frechet_exact": 0.0})[2],
+                          "-" if floor is None else f"{floor:.4f}",
+                          f"{r.get('cross_entropy_gap', math.nan):+.2f}",
+                          f"{r['seconds']:.1f}"])  # fmt: skip
+    return lines + markdown_table(["oracle", "NFE", "draw", "FD", "mode TV", "exact TV", "CE gap",
+                                   "seconds"], cells)  # fmt: skip
 
 
 def at_nfe(rows: list[dict], nfe: int) -> list[dict]:
@@ -528,8 +601,8 @@ def oracle_targets(o: dict, nfe: int = 8) -> list[str]:
         f"NFE {nfe}: `cov_ddim` FD {fmt(c['frechet_exact'])} vs best peer `{best['method']}` "
         f"{fmt(best['frechet_exact'])}: ratio {raw:.2f} {verdict(raw <= 0.5)} (target <= 0.5); "
         f"above the floor {excess:.2f} {verdict(excess <= 0.5)}",
-        f"NFE {nfe}: `cov_ddim` mode TV {c['mode_weight_tv']:.3f} vs exact samples "
-        f"{floor['mode_weight_tv']:.3f}: {tv:.1f}x {verdict(tv <= 2)} (target <= 2x)",
+        f"NFE {nfe}: `cov_ddim` mode TV {c['mode_weight_tv']:.4f} vs exact samples "
+        f"{floor['mode_weight_tv']:.4f}: {tv:.1f}x {verdict(tv <= 2)} (target <= 2x)",
     ]
 
 

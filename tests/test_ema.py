@@ -119,3 +119,29 @@ def test_warmup_is_the_default_and_old_stored_configs_keep_it_off(tmp_path):
     (run / "config.yaml").write_text(json.dumps(stored))  # JSON is YAML
     assert run_config(run).optim.ema_warmup is False
     assert run_config(run, ["optim.ema_warmup=true"]).optim.ema_warmup is True
+
+
+@pytest.mark.parametrize("decay", [0.1, 0.5, 0.9, 0.95, 0.98, 0.99, 0.999, 0.9999])
+def test_warmup_length_is_where_the_configured_decay_takes_over(decay):
+    n = EMA.warmup_length(decay)
+    ema = EMA(nn.Linear(1, 1), [decay], warmup=True)
+    assert ema.decay_at(decay, n) == decay
+    if n > 0:
+        assert ema.decay_at(decay, n - 1) < decay
+    assert EMA.warmup_length(0.99) == 890 and EMA.warmup_length(0.999) == 8990
+
+
+def test_decays_above_the_run_length_give_the_same_average():
+    """Within the warm-up every decay at or above `(1 + n) / (10 + n)` is the same average: a
+    1200-update run's 0.999 and 0.9999 copies are equal, its 0.99 copy is not."""
+    steps = 1200
+    same = averaged_basis([0.999, 0.9999], steps, warmup=True)
+    torch.testing.assert_close(same[0], same[1], rtol=0, atol=0)
+    other = averaged_basis([0.99, 0.999], steps, warmup=True)
+    assert not torch.allclose(other[0], other[1])
+    assert EMA.warmup_length(1200 / 1209) == steps - 1  # the last update's warm-up decay
+
+
+def test_warmup_length_rejects_decays_outside_the_unit_interval():
+    with pytest.raises(ValueError, match="decays must lie in"):
+        EMA.warmup_length(1.0)

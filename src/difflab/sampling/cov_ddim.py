@@ -164,6 +164,35 @@ def response_noise(response: Tensor, c: Tensor, basis: BandBasis) -> Tensor:
     return torch.where(root > 0, gain * response / root.clamp_min(torch.finfo(c.dtype).tiny), 0)
 
 
+def skew_signs(denoise: Denoise, z: Tensor, logsnr: Tensor, delta: Tensor, generator) -> Tensor:
+    """Per-example factors `s` (mean 0, variance 1) that give the draw `s * delta` the posterior's
+    skewness along `e = delta / |delta|` (docs/methods/cov_ddim.md, "A skewed draw"): with
+    `r = sigma^2 / alpha`, second-order Tweedie gives the variance `v = r e.J e` and the third
+    cumulant `k3 = r^2 e.(d^2 x_hat / dz^2)[e, e]` along `e` from one forward-over-forward JVP;
+    `s` is two-point with that standardised skewness `g = k3 / v^1.5`, `+sqrt((1 - p)/p)` with
+    probability `p = (1 - g / sqrt(g^2 + 4)) / 2` and `-sqrt(p / (1 - p))` otherwise. `g = 0`
+    (a symmetric posterior, or `v <= 0`) gives random signs, the symmetric draw's law."""
+    dims = tuple(range(1, z.ndim))
+    norm = delta.square().sum(dims, keepdim=True).sqrt()
+    e = delta / norm.clamp_min(torch.finfo(z.dtype).tiny)
+    level = level_for(logsnr, z)
+
+    def directional(y: Tensor) -> Tensor:
+        return torch.func.jvp(lambda w: denoise(w, level), (y,), (e,))[1]
+
+    with sdpa_kernel(SDPBackend.MATH):
+        je, second = torch.func.jvp(directional, (z,), (e,))
+    alpha, sigma = alpha_sigma(broadcast_logsnr(logsnr, z))
+    ratio = sigma**2 / alpha  # one value per example, broadcast over its pixels
+    v = (ratio * e * je).sum(dims)
+    k3 = (ratio**2 * e * second).sum(dims)
+    g = torch.where(v > 0, k3 / v.clamp_min(torch.finfo(z.dtype).tiny) ** 1.5, 0.0)
+    p = (1 - g / torch.sqrt(g * g + 4)) / 2
+    up = torch.rand(p.shape, generator=generator, device=z.device, dtype=z.dtype) < p
+    s = torch.where(up, ((1 - p) / p).sqrt(), -(p / (1 - p)).sqrt())
+    return s.view(-1, *(1,) * (z.ndim - 1))
+
+
 def tweedie_band_covariance(
     denoise: Denoise, z: Tensor, logsnr: Tensor, basis: BandBasis, u: Tensor
 ) -> tuple[Tensor, Tensor]:
@@ -335,19 +364,23 @@ def tweedie_estimator(
     prior_var: float | Tensor | None = None,
     data_bound: float | None = None,
     draw: str = "diagonal",
+    skew: bool = False,
     generator: torch.Generator | None,
 ) -> tuple[BandBasis, Estimate]:
     """Validate the JVP options (on a prepared grid) and return the basis and the estimator:
     one forward+JVP, Hutchinson products pooled per `pooling`, clipped to `[0, prior_var]` and,
     with `data_bound`, to the trace the data range allows (`bounded_trace`); `draw="jvp"` also
     returns the probe's rescaled response as the posterior noise (`response_noise`),
-    `"diagonal"` leaves the draw to independent Gaussian coefficients."""
+    `"diagonal"` leaves the draw to independent Gaussian coefficients; `skew` (with `"jvp"`)
+    gives that draw the posterior's skewness along itself (`skew_signs`)."""
     if data_bound is not None and not data_bound > 0:
         raise ValueError(f"data_bound must be positive or None, got {data_bound!r}")
     if probe not in PROBES:
         raise ValueError(f"probe must be one of {PROBES}, got {probe!r}")
     if draw not in DRAWS:
         raise ValueError(f"draw must be one of {DRAWS}, got {draw!r}")
+    if skew and draw != "jvp":
+        raise ValueError(f"skew=True needs draw='jvp' (it skews that draw), got draw={draw!r}")
     if pooling not in POOLINGS:
         raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
     if pooling != "example" and logsnrs.ndim > 1:
@@ -364,7 +397,11 @@ def tweedie_estimator(
         c = c if data_bound is None else bounded_trace(c, x_hat, data_bound)
         if draw == "diagonal":
             return x_hat, c
-        return x_hat, c, response_noise(response, c, basis)
+        noise = response_noise(response, c, basis)
+        if skew:
+            delta = basis.from_freq(c.sqrt() * noise)
+            noise = noise * skew_signs(denoise, z, l_t, delta, generator)
+        return x_hat, c, noise
 
     return basis, estimate
 
@@ -387,7 +424,10 @@ def table_estimator(
 
 
 @register_sampler(
-    "cov_ddim", jvps=lambda steps, final=None, **_: steps - (final == "mean"), stochastic=True
+    "cov_ddim",
+    # with `skew` each step adds a forward-over-forward JVP, charged as two JVPs
+    jvps=lambda steps, final=None, skew=False, **_: (steps - (final == "mean")) * (1 + 2 * skew),
+    stochastic=True,
 )
 def sample_cov_ddim(
     denoise: Denoise,
@@ -402,6 +442,7 @@ def sample_cov_ddim(
     prior_var: float | Tensor | None = None,
     data_bound: float | None = None,
     draw: str = "jvp",
+    skew: bool = False,
     generator: torch.Generator | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
@@ -425,13 +466,15 @@ def sample_cov_ddim(
     levels, so examples of narrow and broad modes each get their own scale: docs/methods/
     cov_ddim.md, "Mode weights"; it was "batch" per coefficient before issue 16). "batch" and
     "profile" couple the examples of a batch through the pooled estimate (use "example" with
-    `num_bands` of 8-16 for batch-independent samples).
+    `num_bands` of 8-16 for batch-independent samples). `skew` (off by default): each draw
+    gets the posterior's skewness along its own direction from the third cumulant (one more
+    forward-over-forward JVP per step, counted as two JVPs; `skew_signs`).
     """
     final = check_rules(variant, final)
     grid = prepare_grid(z, logsnrs)
     basis, estimate = tweedie_estimator(
         denoise, z, grid, pooling=pooling, num_bands=num_bands, probe=probe,
-        prior_var=prior_var, data_bound=data_bound, draw=draw, generator=generator,
+        prior_var=prior_var, data_bound=data_bound, draw=draw, skew=skew, generator=generator,
     )  # fmt: skip
     return run_cov(denoise, z, grid, estimate, basis, variant, final, generator, callback)
 

@@ -50,6 +50,21 @@ class EMA(nn.Module):
                 return avg
         raise ValueError(f"no EMA with decay {decay}; stored decays: {list(self.decays)}")
 
+    @staticmethod
+    def warmup_length(decay: float) -> int:
+        """The number of updates before `decay` itself is used under the warm-up: the first `n`
+        with `(1 + n) / (10 + n) >= decay`, i.e. `ceil((10 d - 1) / (1 - d))` (890 for 0.99,
+        8990 for 0.999). A run shorter than that averages every decay at or above it alike:
+        its copies are the same weights (docs/methods/recipe.md, "EMA warm-up")."""
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"EMA decays must lie in (0, 1), got {decay}")
+        n = max(0, math.ceil((10.0 * decay - 1.0) / (1.0 - decay)))
+        while n > 0 and n / (9.0 + n) >= decay:  # update n - 1 already uses it (rounding)
+            n -= 1
+        while (1.0 + n) / (10.0 + n) < decay:
+            n += 1
+        return n
+
     def decay_at(self, decay: float, step: int | None) -> float:
         """The decay used by update number `step` (0-based; `None`: no warm-up)."""
         if not self.warmup or step is None:
