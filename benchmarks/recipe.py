@@ -470,14 +470,13 @@ def ema_note(setup: dict, summary: dict) -> list[str]:
     rows = [row for row in GROUPS["ema"] if row in summary]
     if not rows or not setup.get("config"):
         return []
-    cfg = load_config(setup["config"])
-    steps, parts, same = cfg.train.steps, [], []
+    parts, same = [], []
     for row in [BASE_ROW, *rows]:
-        given = [o.split("=", 1)[1] for o in ROWS[row] if o.startswith("optim.ema_decays=")]
-        decay = float(given[0].strip("[]")) if given else cfg.optim.ema_decays[0]
+        cfg = load_config(setup["config"], ROWS[row])  # the row's own decay, warm-up, length
+        optim, steps, decay = cfg.optim, cfg.train.steps, cfg.optim.ema_decays[0]
         if row == RAW_WEIGHTS_ROW:
             parts.append(f"`{row}` scores the base runs' raw weights (no average)")
-        elif "optim.ema_warmup=false" in ROWS[row]:
+        elif not optim.ema_warmup:
             parts.append(f"`{row}` averages with {decay:g} from the first update")
         else:
             in_force = max(0, steps - EMA.warmup_length(decay))

@@ -117,14 +117,29 @@ def seed_mean(runs: list[dict]) -> dict:
     return out
 
 
+def named_setup(name: str, args):
+    """`(oracle, its fast denoiser, the cosine schedule, the MMD's exact reference)`."""
+    oracle = GaussianMixtureOracle.named(name)
+    return oracle, MixtureDenoiser(oracle), CosineSchedule(), exact_reference(name, args)
+
+
+def initial_noise(oracle: GaussianMixtureOracle, num: int, seed: int) -> torch.Tensor:
+    """The `num` starting points of seed `seed` (float64); the sampler draws from `seed + 1000`
+    and the exact samples from `seed + 5`."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(num, *oracle.shape, generator=gen, dtype=torch.float64)
+
+
+def seed_of(s: int, args) -> int:
+    """Seed number `s` of a `--seeds` run: `--seed + SEED_STRIDE s`, streams that cannot overlap."""
+    return args.seed + SEED_STRIDE * s
+
+
 def one_seed(name: str, table, seed: int, args) -> tuple[dict, list[dict]]:
     """`(exact samples' metrics, rows)` of oracle `name` for one initial noise (`seed`) and
     sampler seed; `table`: its calibrated spectrum."""
-    oracle = GaussianMixtureOracle.named(name)
-    den, sched = MixtureDenoiser(oracle), CosineSchedule()
-    ref = exact_reference(name, args)
-    z = torch.randn(args.num, *oracle.shape, generator=torch.Generator().manual_seed(seed),
-                    dtype=torch.float64)  # fmt: skip
+    oracle, den, sched, ref = named_setup(name, args)
+    z = initial_noise(oracle, args.num, seed)
     exact = measure(oracle.sample(args.num, torch.Generator().manual_seed(seed + 5))[0], oracle,
                     ref, args.mmd_num)  # fmt: skip
     rows = []
@@ -179,8 +194,7 @@ def one_oracle(name: str, args) -> dict:
         MixtureDenoiser(oracle), oracle.shape, torch.linspace(-15, 15, 31), num=256,
         generator=torch.Generator().manual_seed(9), dtype=torch.float64,
     )  # fmt: skip
-    # seed `s` draws from `seed + SEED_STRIDE s` (+5 exact samples, +1000 the sampler): no overlap
-    runs = [one_seed(name, table, args.seed + SEED_STRIDE * s, args) for s in range(args.seeds)]
+    runs = [one_seed(name, table, seed_of(s, args), args) for s in range(args.seeds)]
     exact = seed_mean([e for e, _ in runs])
     rows = [seed_mean([r[i] for _, r in runs]) for i in range(len(runs[0][1]))]
     return {"shape": list(oracle.shape), "components": len(oracle.weights), "exact": exact,
@@ -213,10 +227,8 @@ exact samples' floor)."""
 def first_steps(name: str, args) -> list[dict]:
     """Where `cov_ddim`'s mode error is committed: the rows of `FIRST_STEPS` at each NFE of
     `--nfe`, one noise (`--seed`), the same sampler seed."""
-    oracle = GaussianMixtureOracle.named(name)
-    den, sched, ref = MixtureDenoiser(oracle), CosineSchedule(), exact_reference(name, args)
-    z0 = torch.randn(args.num, *oracle.shape, generator=torch.Generator().manual_seed(args.seed),
-                     dtype=torch.float64)  # fmt: skip
+    oracle, den, sched, ref = named_setup(name, args)
+    z0 = initial_noise(oracle, args.num, args.seed)
     rows = []
     for nfe in args.nfe:
         grid = default_grid("cov_ddim", sched, nfe)
@@ -241,17 +253,15 @@ def skew_check(name: str, args) -> list[dict]:
     """`cov_ddim` with and without the skewed draw (`skew=True`) at each NFE of `--nfe`, on
     `--seeds` noises (the same seeds as the other runs): rows averaged over seeds, with the
     sampling seconds on this machine."""
-    oracle = GaussianMixtureOracle.named(name)
-    den, sched, ref = MixtureDenoiser(oracle), CosineSchedule(), exact_reference(name, args)
+    oracle, den, sched, ref = named_setup(name, args)
     rows = []
     for nfe in args.nfe:
         grid = default_grid("cov_ddim", sched, nfe)
         for skew in (False, True):
             runs = []
             for s in range(args.seeds):
-                seed = args.seed + SEED_STRIDE * s
-                z = torch.randn(args.num, *oracle.shape, dtype=torch.float64,
-                                generator=torch.Generator().manual_seed(seed))  # fmt: skip
+                seed = seed_of(s, args)
+                z = initial_noise(oracle, args.num, seed)
                 gen = torch.Generator().manual_seed(seed + 1000)
                 start = time.perf_counter()
                 out = get_sampler("cov_ddim").fn(den, z, grid, generator=gen, skew=skew)

@@ -564,9 +564,8 @@ def skew_section(oracles: dict, large: dict) -> list[str]:
     for name, rows in oracles.items():
         floor = large.get(name, {}).get("exact", {}).get("mode_weight_tv")
         for r in rows:
-            cells.append([f"`{name}`", r["nfe"], "skewed" if r["skew"] else "default",
-                          *distribution_cells(r, {"frechet_exact": 0.0})[:1],
-                          distribution_cells(r, {"frechet_exact": 0.0})[2],
+            fd, _, tv, *_ = distribution_cells(r, {"frechet_exact": 0.0})
+            cells.append([f"`{name}`", r["nfe"], "skewed" if r["skew"] else "default", fd, tv,
                           "-" if floor is None else f"{floor:.4f}",
                           f"{r.get('cross_entropy_gap', math.nan):+.2f}",
                           f"{r['seconds']:.1f}"])  # fmt: skip
